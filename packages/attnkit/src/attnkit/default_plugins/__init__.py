@@ -1,0 +1,1 @@
+"""attnkit's built-in plugins, registered through the same hooks as installed plugins."""

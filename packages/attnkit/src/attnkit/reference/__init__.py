@@ -1,0 +1,5 @@
+"""Plain-torch reference attention: the oracle every faster backend is tested against."""
+
+from attnkit.reference.dense import attention, causal_mask, merge_attention
+
+__all__ = ["attention", "causal_mask", "merge_attention"]
