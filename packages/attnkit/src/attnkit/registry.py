@@ -135,11 +135,13 @@ class Backend:
 
     def load(self) -> Callable[..., Any]:
         """Import and return the implementation."""
-        fn = _LOADED.get(id(self))
-        if fn is None:
-            fn = resolve(self.impl)
-            _LOADED[id(self)] = fn
-        return fn
+        # Keyed by id but holding the backend too: a freed backend's id can be reused by a new
+        # one, which must not get the old implementation.
+        entry = _LOADED.get(id(self))
+        if entry is None or entry[0] is not self:
+            entry = (self, resolve(self.impl))
+            _LOADED[id(self)] = entry
+        return entry[1]
 
     def reason_not_to_run(self, call: CallInfo) -> str | None:
         """Return why this backend cannot serve ``call``, or ``None`` when it can."""
@@ -165,7 +167,7 @@ class Backend:
             return f"{type(exc).__name__}: {exc}"
 
 
-_LOADED: dict[int, Callable[..., Any]] = {}
+_LOADED: dict[int, tuple[Backend, Callable[..., Any]]] = {}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,19 +30,19 @@ NEIGHBORHOOD = AttentionSpec(
     spatial_dims=(1, 2, 3),
     backends=(
         Backend(
-            name="triton",
-            impl="attnkit_neighborhood.gpu:neighborhood_attention",
-            can_run="attnkit_neighborhood.gpu:can_run",
-            dtypes=("float16", "bfloat16", "float32"),
-            description="Triton kernel (CUDA; CPU under TRITON_INTERPRET=1 for tests)",
-        ),
-        Backend(
             name="numba",
             impl="attnkit_neighborhood.cpu:neighborhood_attention",
             can_run="attnkit_neighborhood.cpu:can_run",
             devices=("cpu",),
             dtypes=("float32", "float64"),
             description="tiled numba CPU kernel, forward and backward",
+        ),
+        Backend(
+            name="triton",
+            impl="attnkit_neighborhood.gpu:neighborhood_attention",
+            can_run="attnkit_neighborhood.gpu:can_run",
+            dtypes=("float16", "bfloat16", "float32"),
+            description="Triton kernel (CUDA; CPU under TRITON_INTERPRET=1 for tests)",
         ),
         Backend(
             name="reference",

@@ -1,0 +1,173 @@
+# /// script
+# dependencies = ["nox>=2025.2.9"]
+# ///
+"""Every check of the attnkit monorepo: ``nox -l`` lists them, plain ``nox`` runs tests + lint.
+
+Plugins are discovered from ``plugins/*/pyproject.toml``; no list is kept by hand, so a new
+plugin gets its ``plugin-<slug>`` session, its tests and its benchmark without editing this file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+# pip, not uv: the pinned torch below is the one wheel this project's machines hold locally,
+# and pip's --find-links / constraints configuration is what resolves it offline.
+nox.options.default_venv_backend = "virtualenv"
+nox.options.sessions = ["tests", "lint"]
+
+ROOT = Path(__file__).resolve().parent
+CORE = "packages/attnkit"
+CONTRACT = "packages/attnkit-contract"
+PLUGIN_DIRS = sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml"))
+PLUGINS = [d.name.removeprefix("attnkit-") for d in PLUGIN_DIRS]
+
+# Installed before anything else so pip never resolves another torch for ``torch>=2.5``
+# (package metadata keeps the range; this pin is only for the environments nox builds).
+TORCH = os.environ.get("ATTNKIT_NOX_TORCH", "torch==2.13.0")
+PYTEST_MARKERS = "not natten and not gpu"
+
+
+def _threads() -> str:
+    # Small fixed default: CI boxes are shared, and oversubscribed BLAS/numba threads make the
+    # test suite slower, not faster. Override with OMP_NUM_THREADS in the calling environment.
+    return os.environ.get("OMP_NUM_THREADS", str(min(os.cpu_count() or 1, 4)))
+
+
+def _setup_env(session: nox.Session) -> None:
+    threads = _threads()
+    session.env.update(
+        {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "NUMBA_NUM_THREADS": threads,
+            "PYTHONHASHSEED": "0",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "MPLBACKEND": "Agg",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
+    )
+
+
+def _existing(*paths: str) -> list[str]:
+    return [p for p in paths if (ROOT / p).exists()]
+
+
+def _install(session: nox.Session, *editables: str, extra: tuple[str, ...] = ()) -> None:
+    """Install torch first, then ``editables`` in ONE pip call so local packages satisfy each other.
+
+    One call matters: plugins require ``attnkit`` and ``attnkit-contract``, and a separate call
+    would send pip to the package index for them.
+    """
+    _setup_env(session)
+    session.install(TORCH)
+    args: list[str] = []
+    for e in editables:
+        path = e.split("[", 1)[0]
+        if (ROOT / path / "pyproject.toml").exists():
+            args += ["-e", e]
+        else:
+            session.warn(f"skipping {path}: no pyproject.toml there yet")
+    session.install(*args, *extra)
+
+
+def _plugin_dir(slug: str) -> str:
+    return f"plugins/attnkit-{slug}"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Core, contract suite and every plugin installed together; CPU tests (no natten, no gpu)."""
+    _install(session, f"{CORE}[test,onnx,bench]", CONTRACT, *(f"{_plugin_dir(s)}[test]" for s in PLUGINS))
+    paths = _existing(f"{CORE}/tests", f"{CONTRACT}/tests", *(f"{_plugin_dir(s)}/tests" for s in PLUGINS), "tests")
+    # importlib mode: several plugins have a tests/test_contract.py, which the default
+    # "prepend" mode would refuse to import twice under the same module name.
+    session.run("pytest", "--import-mode=importlib", "-m", PYTEST_MARKERS, *paths, *session.posargs)
+
+
+def _make_plugin_session(slug: str) -> None:
+    def plugin(session: nox.Session) -> None:
+        _install(session, f"{CORE}[test]", CONTRACT, f"{_plugin_dir(slug)}[test]")
+        paths = _existing(f"{_plugin_dir(slug)}/tests")
+        if paths:
+            session.run("pytest", "--import-mode=importlib", "-m", PYTEST_MARKERS, *paths, *session.posargs)
+        session.run("attnkit", "check", f"attnkit-{slug}")
+
+    plugin.__doc__ = f"attnkit-{slug} alone with the core and the contract suite: its tests and `attnkit check`."
+    plugin.__name__ = f"plugin_{slug.replace('-', '_')}"
+    nox.session(name=f"plugin-{slug}", default=False, tags=["plugins", slug])(plugin)
+
+
+for _slug in PLUGINS:
+    _make_plugin_session(_slug)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository (config: ruff.toml)."""
+    # No torch here: ruff reads source only, so the torch-first rule has nothing to protect.
+    _setup_env(session)
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(default=False)
+def typecheck(session: nox.Session) -> None:
+    """mypy on the core's sources (config: shared/mypy.ini)."""
+    _install(session, CORE, extra=("mypy>=1.10",))
+    session.run("mypy", "--config-file", "shared/mypy.ini", f"{CORE}/src", *session.posargs)
+
+
+_LIST_BENCHED = """
+import attnkit
+for spec in attnkit.list_specs("attention"):
+    if getattr(spec, "bench", None):
+        print(spec.name)
+"""
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """`attnkit bench <name>` for every installed spec that declares a benchmark (posargs forwarded)."""
+    _install(session, f"{CORE}[bench]", *(_plugin_dir(s) for s in PLUGINS))
+    out = session.run("python", "-c", _LIST_BENCHED, silent=True) or ""
+    names = [line.strip() for line in str(out).splitlines() if line.strip()]
+    if not names:
+        session.skip("no installed spec declares a benchmark")
+    for name in names:
+        session.run("attnkit", "bench", name, *session.posargs)
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """Regenerate docs/catalog.md and execute the python examples of the README and the user guide."""
+    _install(session, f"{CORE}[onnx]", CONTRACT, *(_plugin_dir(s) for s in PLUGINS))
+    session.run("python", "tools/gen_catalog.py", "--output", "docs/catalog.md")
+    pages = ["README.md", "docs/user-guide.md", *(f"{_plugin_dir(s)}/README.md" for s in PLUGINS)]
+    session.run("python", "tools/run_doc_examples.py", *_existing(*pages), *session.posargs)
+
+
+@nox.session(default=False)
+def demo(session: nox.Session) -> None:
+    """The main job: 2D neighborhood attention on a real digit image (python tools/demo.py)."""
+    _install(session, CORE, *(_plugin_dir(s) for s in PLUGINS), extra=("scikit-learn>=1.3", "matplotlib>=3.7"))
+    session.run("python", "tools/demo.py", *session.posargs)
+
+
+@nox.session(default=False, tags=["natten"])
+def natten(session: nox.Session) -> None:
+    """Install NATTEN and run the tests marked natten (cross-checks against NATTEN's kernels)."""
+    _install(session, f"{CORE}[test]", CONTRACT, *(f"{_plugin_dir(s)}[test]" for s in PLUGINS), extra=("natten",))
+    paths = _existing(*(f"{_plugin_dir(s)}/tests" for s in PLUGINS), "tests")
+    session.run("pytest", "--import-mode=importlib", "-m", "natten", *paths, *session.posargs)
+
+
+if __name__ == "__main__":
+    sys.exit(nox.main())

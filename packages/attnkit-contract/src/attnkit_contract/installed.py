@@ -1,0 +1,17 @@
+"""The contract over every installed attention spec, run by :func:`attnkit_contract.run`
+(``pytest --pyargs attnkit_contract.installed [--attnkit-plugin NAME]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnkit import load_plugins, registry
+from attnkit_contract.parametrize import parametrize_with_contract
+
+load_plugins()
+
+
+@parametrize_with_contract(registry.attention_specs())
+def test_attention_contract(spec: Any, backend: str, check: Any) -> None:
+    check(spec, backend)

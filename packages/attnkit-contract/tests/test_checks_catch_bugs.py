@@ -1,0 +1,142 @@
+"""The suite must be able to fail: each deliberately wrong kernel fails the checks about
+its bug, and the correct kernel beside it passes them."""
+
+from __future__ import annotations
+
+import badspecs
+import pytest
+
+from attnkit_contract import ATTENTION_CHECKS, ContractFailure, check_spec
+
+
+def outcomes(spec, checks, backends=("bad", "reference")):
+    results = check_spec(spec, list(backends), list(checks), raise_on_failure=False)
+    return {(r.backend, r.check): r for r in results}
+
+
+@pytest.mark.parametrize(
+    ("kernel", "checks", "params"),
+    [
+        pytest.param(
+            badspecs.peeks_at_future, ["check_causal_no_future", "check_matches_reference"], None, id="future"
+        ),
+        pytest.param(
+            badspecs.wrong_scale,
+            ["check_matches_reference", "check_odd_lengths", "check_hypothesis_property"],
+            None,
+            id="scale",
+        ),
+        pytest.param(badspecs.nan_on_masked_rows, ["check_fully_masked_rows"], None, id="nan-rows"),
+        pytest.param(badspecs.ignores_gqa, ["check_gqa", "check_matches_reference"], None, id="gqa"),
+        pytest.param(badspecs.noisy, ["check_deterministic"], None, id="nondeterministic"),
+        pytest.param(badspecs.overflows, ["check_large_logits"], None, id="overflow"),
+        pytest.param(badspecs.log2_lse, ["check_return_lse"], None, id="lse"),
+        pytest.param(badspecs.mixes_batch, ["check_batch_independence"], None, id="batch"),
+        pytest.param(badspecs.ignores_strides, ["check_non_contiguous"], None, id="strides"),
+        pytest.param(badspecs.good, ["check_bad_inputs"], badspecs.UncheckedParams, id="params"),
+    ],
+)
+def test_wrong_kernel_fails_its_checks(kernel, checks, params):
+    spec = badspecs.make_spec(kernel, params=params)
+    backends = ("reference",) if checks == ["check_bad_inputs"] else ("bad", "reference")
+    got = outcomes(spec, checks, backends)
+    for check in checks:
+        if check == "check_bad_inputs":
+            assert got[("reference", check)].outcome == "failed", got
+            assert "window=0: no error raised" in got[("reference", check)].message
+            continue
+        assert got[("bad", check)].outcome == "failed", (
+            f"{check} did not catch {kernel.__name__}: {got[('bad', check)]}"
+        )
+        assert got[("reference", check)].outcome == "passed", got[("reference", check)]
+
+
+def test_failure_message_is_useful():
+    spec = badspecs.make_spec(badspecs.wrong_scale)
+    with pytest.raises(ContractFailure) as info:
+        check_spec(spec, ["bad"], ["check_matches_reference"])
+    text = str(info.value)
+    assert "bad.bad-check_matches_reference FAILED" in text
+    assert "float64 oracle" in text and "worst at index" in text and "is_causal=" in text
+    assert [r.outcome for r in info.value.results] == ["failed"]
+
+
+def test_future_peeking_is_named_as_such():
+    spec = badspecs.make_spec(badspecs.peeks_at_future)
+    (result,) = check_spec(spec, ["bad"], ["check_causal_no_future"], raise_on_failure=False)
+    assert "must not read the future" in result.message
+
+
+def test_nan_rows_reported_as_nan():
+    spec = badspecs.make_spec(badspecs.nan_on_masked_rows)
+    (result,) = check_spec(spec, ["bad"], ["check_fully_masked_rows"], raise_on_failure=False)
+    assert "NaN" in result.message
+
+
+def test_refusing_backend_is_skipped_with_its_reason():
+    from attnkit import AttentionSpec, Backend
+
+    spec = AttentionSpec(
+        name="refuses",
+        backends=(
+            Backend(name="gpu-only", impl=badspecs.good, can_run=lambda call: "needs CUDA here"),
+            Backend(name="reference", impl=badspecs.good),
+        ),
+        mask=badspecs.MASK,
+    )
+    results = check_spec(spec, ["gpu-only"], ["check_matches_reference", "check_gradient"])
+    assert [r.outcome for r in results] == ["skipped", "skipped"]
+    assert all("needs CUDA here" in r.message for r in results)
+
+
+def test_missing_backend_module_is_skipped_with_the_import_error():
+    from attnkit import AttentionSpec, Backend
+
+    spec = AttentionSpec(
+        name="missing",
+        backends=(
+            Backend(name="numba", impl="attnkit_no_such_module:kernel"),
+            Backend(name="reference", impl=badspecs.good),
+        ),
+        mask=badspecs.MASK,
+    )
+    (result,) = check_spec(spec, ["numba"], ["check_gqa"])
+    assert result.outcome == "skipped" and "ModuleNotFoundError" in result.message
+
+
+def test_expected_failures_become_xfail_and_strict():
+    spec = badspecs.make_spec(
+        badspecs.wrong_scale,
+        expected_failed_checks={
+            "bad:check_matches_reference": "scale bug, issue #1",
+            "check_single_token": "claimed broken",
+        },
+    )
+    results = check_spec(
+        spec, ["bad", "reference"], ["check_matches_reference", "check_single_token"], raise_on_failure=False
+    )
+    got = {(r.backend, r.check): r.outcome for r in results}
+    assert got[("bad", "check_matches_reference")] == "xfail"
+    assert got[("reference", "check_matches_reference")] == "passed"
+    # Listed for every backend but only the scale bug breaks it (T=1 makes softmax trivial):
+    # a check that passes while expected to fail is an error, like xfail(strict=True).
+    assert got[("bad", "check_single_token")] == "xpass"
+    assert got[("reference", "check_single_token")] == "xpass"
+    with pytest.raises(ContractFailure, match="XPASS"):
+        check_spec(spec, ["reference"], ["check_single_token"])
+
+
+def test_unknown_names_are_rejected():
+    spec = badspecs.make_spec(badspecs.good)
+    with pytest.raises(ValueError, match="no backend"):
+        check_spec(spec, ["nope"])
+    with pytest.raises(ValueError, match="unknown check"):
+        check_spec(spec, None, ["check_nope"])
+
+
+def test_every_check_has_a_docstring_and_the_public_signature():
+    import inspect
+
+    for name, fn in ATTENTION_CHECKS.items():
+        assert name.startswith("check_") and fn.__doc__, name
+        assert list(inspect.signature(fn).parameters) == ["spec", "backend", "case"], name

@@ -1,0 +1,447 @@
+"""The ``attnkit`` command.
+
+Subcommands: ``plugins`` (what is installed, what is broken), ``info NAME`` (one spec in
+detail, with which backends can run here), ``check PLUGIN`` (the contract suite, from
+``attnkit-contract``), ``bench NAME`` (a spec's benchmark), ``export SPEC OUT.onnx`` (ONNX
+export plus an onnxruntime parity run).
+
+Errors print one line to stderr and exit non-zero; ``ATTNKIT_DEBUG=1`` shows the traceback.
+torch is only imported by the subcommands that compute, so ``attnkit plugins`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _version() -> str:
+    import attnkit
+
+    return str(attnkit.__version__)
+
+
+# ---------------------------------------------------------------------------------------------
+# attnkit plugins
+# ---------------------------------------------------------------------------------------------
+
+
+def _plugin_rows(include_builtin: bool) -> list[dict[str, Any]]:
+    from attnkit.plugins import get_plugins
+    from attnkit.registry import registry
+
+    rows = []
+    for info in get_plugins(include_builtin=include_builtin):
+        specs = []
+        for name in info.specs:
+            spec = registry._specs.get(name)
+            if spec is None:
+                continue
+            backends = [b.name for b in getattr(spec, "backends", ())]
+            specs.append({"name": name, "kind": spec.kind, "backends": backends})
+        row = info.as_dict()
+        row["kinds"] = sorted({s["kind"] for s in specs})
+        row["specs"] = specs
+        rows.append(row)
+    return rows
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from attnkit.bench import format_table
+
+    rows = _plugin_rows(include_builtin=args.all)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    ok = [r for r in rows if r["error"] is None]
+    broken = [r for r in rows if r["error"] is not None]
+    table = []
+    for r in ok:
+        specs = "; ".join(
+            f"{s['name']} [{', '.join(s['backends'])}]" if s["backends"] else s["name"] for s in r["specs"]
+        )
+        table.append(
+            [
+                r["name"] + (" (built-in)" if r["builtin"] else ""),
+                r["version"] or "-",
+                r["distribution"] or "-",
+                ",".join(r["kinds"]) or "-",
+                specs or "-",
+            ]
+        )
+    if table:
+        print(format_table(["plugin", "version", "distribution", "kinds", "specs [backends]"], table))
+    else:
+        print("no plugins installed" + ("" if args.all else " (use --all to include attnkit's built-ins)"))
+    if broken:
+        print("")
+        print("broken plugins (skipped):")
+        for r in broken:
+            print(f"  {r['name']} ({r['distribution'] or '?'} {r['version'] or ''}): {r['error']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# attnkit info
+# ---------------------------------------------------------------------------------------------
+
+
+def _lookup_spec(name: str) -> Any:
+    from attnkit import get_spec
+
+    try:
+        return get_spec(name)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _param_rows(spec: Any) -> list[dict[str, Any]]:
+    rows = []
+    for f in dataclasses.fields(spec.params):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append({"name": f.name, "type": type_name, "default": default})
+    return rows
+
+
+def _here_call(spec: Any) -> Any:
+    """A typical call on this machine: float32 on CUDA if there is one, else CPU; no grad."""
+    import torch
+
+    from attnkit.registry import CallInfo
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        params = spec.make_params()
+    except Exception:  # a spec with required parameters: can_run gets no params
+        params = None
+    return CallInfo(device=device, dtype=torch.float32, params=params)
+
+
+def _info_dict(spec: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "description": spec.description,
+        "paper": dataclasses.asdict(spec.paper) if spec.paper is not None else None,
+        "plugin": spec.plugin,
+        "version": spec.version,
+        "params": _param_rows(spec),
+        "expected_failed_checks": dict(spec.expected_failed_checks),
+    }
+    if spec.kind == "attention":
+        out["capabilities"] = {
+            "differentiable": spec.differentiable,
+            "causal": spec.causal,
+            "gqa": spec.gqa,
+            "onnx": spec.onnx,
+            "spatial_dims": list(spec.spatial_dims),
+            "bench": spec.bench is not None,
+        }
+        call = _here_call(spec)
+        out["here"] = {"device": call.device.type, "dtype": "float32", "requires_grad": False}
+        backends = []
+        for b in spec.backends:
+            reason = b.reason_not_to_run(call)
+            if reason is None and not b.auto:
+                note = "runs only when asked for by name (backend=...)"
+            else:
+                note = None
+            backends.append(
+                {
+                    "name": b.name,
+                    "can_run": reason is None,
+                    "reason": reason,
+                    "note": note,
+                    "auto": b.auto,
+                    "differentiable": b.differentiable,
+                    "traceable": b.traceable,
+                    "lse": b.supports_lse,
+                    "mask": b.supports_mask,
+                    "description": b.description,
+                }
+            )
+        out["backends"] = backends
+    elif hasattr(spec, "sites"):
+        out["sites"] = list(spec.sites)
+    return out
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    spec = _lookup_spec(args.name)
+    info = _info_dict(spec)
+    if args.json:
+        print(json.dumps(info, indent=2, default=repr))
+        return 0
+    paper = info["paper"]
+    print(f"{info['name']} ({info['kind']})")
+    if info["description"]:
+        print(f"  {info['description']}")
+    if paper:
+        arxiv = f" (arXiv:{paper['arxiv']})" if paper.get("arxiv") else ""
+        print(f"paper:   {paper['title']}{arxiv}")
+    print(f"plugin:  {info['plugin'] or '-'} {info['version'] or ''}".rstrip())
+    print("parameters:")
+    if not info["params"]:
+        print("  (none)")
+    for p in info["params"]:
+        print(f"  {p['name']}: {p['type']} = {p['default']!r}")
+    caps = info.get("capabilities")
+    if caps:
+        flags = ", ".join(f"{k}={'yes' if v is True else 'no' if v is False else v}" for k, v in caps.items())
+        print(f"capabilities: {flags}")
+        here = info["here"]
+        print(f"backends (priority order; can it run here: {here['device']}/float32, no grad):")
+        for b in info["backends"]:
+            traits = [
+                t
+                for t, on in (
+                    ("auto", b["auto"]),
+                    ("grad", b["differentiable"]),
+                    ("onnx", b["traceable"]),
+                    ("lse", b["lse"]),
+                    ("mask", b["mask"]),
+                )
+                if on
+            ]
+            status = "yes" if b["can_run"] else f"no: {b['reason']}"
+            if b["note"]:
+                status += f" ({b['note']})"
+            print(f"  {b['name']:<10} [{', '.join(traits)}] {status}")
+    if "sites" in info:
+        print(f"sites: {', '.join(info['sites']) or '-'}")
+    efc = info["expected_failed_checks"]
+    print("expected failed checks:" + ("" if efc else " none"))
+    for check, reason in efc.items():
+        print(f"  {check}: {reason}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# attnkit check / bench
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        import attnkit_contract
+    except ImportError:
+        raise CLIError("the contract suite is not installed: pip install attnkit-contract", code=2) from None
+    pytest_args = [a for a in args.pytest_args if a != "--"]
+    try:
+        return int(attnkit_contract.run(args.plugin, pytest_args))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _bench_spec(name: str) -> Any:
+    """The spec to benchmark: a spec called ``name``, or the benchmarked spec of plugin ``name``."""
+    from attnkit import list_specs
+    from attnkit.plugins import get_plugins
+    from attnkit.registry import registry
+
+    with_bench = [s for s in list_specs() if getattr(s, "bench", None)]
+    if name in registry:
+        spec = registry.get(name)
+        if not getattr(spec, "bench", None):
+            have = ", ".join(s.name for s in with_bench) or "none"
+            raise CLIError(f"spec {name!r} has no benchmark; specs with one: {have}")
+        return spec
+    plugin_specs: set[str] = set()
+    for info in get_plugins():
+        if name in (info.name, info.distribution, f"attnkit-{name}"):
+            plugin_specs.update(info.specs)
+    candidates = [s for s in with_bench if s.name in plugin_specs]
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        raise CLIError(f"plugin {name!r} has several benchmarks; name one: {', '.join(s.name for s in candidates)}")
+    have = ", ".join(s.name for s in with_bench) or "none installed"
+    raise CLIError(f"unknown spec or plugin {name!r} (or it has no benchmark); benchmarks: {have}")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from attnkit.registry import resolve
+
+    spec = _bench_spec(args.name)
+    fn = resolve(spec.bench)
+    code = fn([a for a in args.bench_args if a != "--"])
+    return int(code or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# attnkit export
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise CLIError(f"--param must look like name=value, got {text!r}")
+    raw = raw.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word: keep it as a string
+    if isinstance(value, list):
+        value = tuple(value)
+    return name.strip(), value
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise CLIError(f"--shape must be comma-separated integers like 1,4,64,32; got {text!r}") from None
+    if len(shape) < 4 or any(s < 1 for s in shape):
+        raise CLIError(f"--shape must be (B, H, T, D) or (B, H, *S, D) with sizes >= 1; got {text!r}")
+    return shape
+
+
+def _test_shapes(trace: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Two shapes whose token axes differ from the traced ones (longer, so every window fits)."""
+    b, h, *spatial, d = trace
+    first = tuple(n + 3 for n in spatial)
+    second = tuple(2 * n - 1 if n > 4 else n + 7 for n in spatial)
+    return [(b, h, *first, d), (b, h, *second, d)]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    spec = _lookup_spec(args.spec)
+    if spec.kind != "attention":
+        raise CLIError(f"attnkit export takes an attention spec; {spec.name!r} is a {spec.kind} spec")
+    params = dict(_parse_param(p) for p in args.param)
+    spec.make_params(**params)  # unknown / invalid parameters fail here, before tracing
+    trace = _parse_shape(args.shape)
+    if len(trace) - 3 not in spec.spatial_dims:
+        raise CLIError(
+            f"{spec.name} takes {' or '.join(str(n) for n in spec.spatial_dims)} token axes; --shape {args.shape} has {len(trace) - 3}"
+        )
+    if args.kv_heads is not None and (args.kv_heads < 1 or trace[1] % args.kv_heads):
+        raise CLIError(f"--kv-heads must divide the {trace[1]} query heads of --shape; got {args.kv_heads}")
+    import logging
+    import warnings
+
+    from attnkit.export import check_attention_export
+
+    out = os.fspath(args.out)
+    with warnings.catch_warnings():
+        if os.environ.get("ATTNKIT_DEBUG") != "1":
+            # The exporter's deprecation notes and "torchvision is not installed" lines are
+            # about torch internals, not about this export.
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        errors = check_attention_export(
+            spec,
+            out,
+            trace_shape=trace,
+            test_shapes=_test_shapes(trace),
+            kv_heads=args.kv_heads,
+            is_causal=bool(args.causal),
+            **params,
+        )
+    size = os.path.getsize(out)
+    print(f"wrote {out} ({size / 1024:.1f} KiB), traced at {trace}")
+    worst = 0.0
+    for shape, err in errors.items():
+        print(f"  onnxruntime vs float64 reference at {shape}: max abs error {err:.3g}")
+        worst = max(worst, err)
+    if worst > args.atol:
+        raise CLIError(f"exported graph differs from the reference by {worst:.3g} > --atol {args.atol}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# parser and entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnkit", description="Attention research as plugins.")
+    parser.add_argument("--version", action="version", version=f"attnkit {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed plugins, their specs and backends, and broken plugins")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="include attnkit's built-in plugins")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("info", help="one spec: paper, parameters, capabilities, backends that can run here")
+    p.add_argument("name", help="spec name, e.g. neighborhood or dense")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("check", help="run the contract suite against an installed plugin (needs attnkit-contract)")
+    p.add_argument("plugin", help="plugin (entry-point name or distribution)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("bench", help="run a spec's benchmark (try: attnkit bench neighborhood --quick)")
+    p.add_argument("name", help="spec name or plugin slug")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="benchmark options (--quick, --repeat N, ...)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="export an attention spec to ONNX and check it in onnxruntime")
+    p.add_argument("spec", help="attention spec name")
+    p.add_argument("out", help="output .onnx path")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="spec parameter (repeatable)")
+    p.add_argument("--shape", default="1,4,64,32", metavar="B,H,T,D", help="q shape to trace with (default 1,4,64,32)")
+    p.add_argument("--kv-heads", type=int, default=None, metavar="N", help="k/v heads (GQA); default: as many as q")
+    p.add_argument("--causal", action="store_true", help="export the causal variant")
+    p.add_argument("--atol", type=float, default=1e-4, help="fail when onnxruntime differs by more (default 1e-4)")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``attnkit`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    debug = os.environ.get("ATTNKIT_DEBUG") == "1"
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        if debug:
+            raise
+        print(f"attnkit {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # anything else: one line, unless debugging
+        if debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"attnkit {args.command}: error: {type(exc).__name__}: {message} (ATTNKIT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

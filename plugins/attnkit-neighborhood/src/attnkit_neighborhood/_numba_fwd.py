@@ -1,0 +1,121 @@
+"""numba forward kernel of neighborhood attention (private to :mod:`attnkit_neighborhood.cpu`).
+
+Every input is canonicalised to three token axes ``(X, Y, Z)`` flattened row-major to
+``N = X * Y * Z``. A *tile* is a block of queries with one ``x``, a run of ``y`` and a run of
+``z``, each run inside one dilation group. Window starts and ends never decrease along an
+axis, so the union of the tile's windows is one contiguous in-group span per axis: its keys
+are gathered once into a dense block ordered ``(y, x, z)``. For one query row (one ``y``) the
+keys it can see are then a contiguous slice of that block: one BLAS product gives the row's
+logits, the entries outside each query's own ``Z`` window are masked, and a second product
+gives ``P @ V``. The query heads that share a kv head are stacked into the same products
+(GQA without copying k/v to ``Hq`` heads).
+
+Shape legend: ``q (B, Hq, N, D)``, ``k (B, Hkv, N, D)``, ``v (B, Hkv, N, Dv)``,
+``G = Hq // Hkv``; per axis ``ws``/``wl`` are the first key (original coordinate) and the
+number of keys of each query's window, with stride = the dilation of that axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from attnkit_neighborhood._numba_exp import FASTMATH, exp_into
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def tile_span(ws, wl, z0, n, dz):  # type: ignore[no-untyped-def]
+    """First key and in-group length of the union of the windows of ``n`` tile queries."""
+    zlast = z0 + (n - 1) * dz
+    lo = ws[z0]
+    hi = ws[zlast] + (wl[zlast] - 1) * dz
+    return lo, (hi - lo) // dz + 1
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def gather_rows(src, dst, row0, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz, scale):  # type: ignore[no-untyped-def]
+    """Copy the rows ``Y-range x X-range x Z-range`` (in that order) of ``src (N, D)`` into
+    ``dst[row0:row0 + yl*xl*lz]``, multiplied by ``scale``."""
+    d = src.shape[1]
+    r = row0
+    for iy in range(yl):
+        yk = ys + iy * dy
+        for ix in range(xl):
+            base = ((xs + ix * dx) * ny + yk) * nz + zlo
+            for c in range(lz):
+                srow = base + c * dz
+                for e in range(d):
+                    dst[r, e] = src[srow, e] * scale
+                r += 1
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def forward(q, k, v, out, lse, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy, wly, wsz, wlz, tx, ty, tny, tz, tnz):  # type: ignore[no-untyped-def]
+    """Write ``out (B, Hq, N, Dv)`` and ``lse (B, Hq, N)`` for every query tile."""
+    b_sz, hq, _, d = q.shape
+    hkv = k.shape[1]
+    dv = v.shape[3]
+    g_sz = hq // hkv
+    n_tiles = tx.shape[0]
+    one = q.dtype.type(1.0)
+    for w in prange(b_sz * hkv * n_tiles):
+        b = w // (hkv * n_tiles)
+        hk = (w // n_tiles) % hkv
+        t = w % n_tiles
+        x, y0, n_y, z0, n = tx[t], ty[t], tny[t], tz[t], tnz[t]
+        xs, xl = wsx[x], wlx[x]
+        ylo, ly = tile_span(wsy, wly, y0, n_y, dy)
+        zlo, lz = tile_span(wsz, wlz, z0, n, dz)
+        kb = np.empty((ly * xl * lz, d), q.dtype)
+        vb = np.empty((ly * xl * lz, dv), q.dtype)
+        gather_rows(k[b, hk], kb, 0, xs, xl, dx, ylo, ly, dy, zlo, lz, dz, ny, nz, one)
+        gather_rows(v[b, hk], vb, 0, xs, xl, dx, ylo, ly, dy, zlo, lz, dz, ny, nz, one)
+        rows = g_sz * n
+        qb = np.empty((rows, d), q.dtype)
+        ob = np.empty((rows, dv), q.dtype)
+        inv = np.empty(rows, q.dtype)
+        row_len = xl * lz  # keys of one Y step of the block
+        s_buf = np.empty(rows * ly * row_len, q.dtype)
+        poly = np.empty(ly * row_len, q.dtype)
+        pow2 = np.empty(ly * row_len, np.float64)
+        for iy in range(n_y):
+            y = y0 + iy * dy
+            first = (wsy[y] - ylo) // dy * row_len
+            n_keys = wly[y] * row_len
+            for g in range(g_sz):
+                # the row's queries: x, y fixed, z = z0 + i*dz (a 1 x 1 x n block)
+                gather_rows(q[b, hk * g_sz + g], qb, g * n, x, 1, 1, y, 1, 1, z0, n, dz, ny, nz, scale)
+            s = s_buf[: rows * n_keys].reshape((rows, n_keys))
+            np.dot(qb, kb[first : first + n_keys].T, s)
+            n_seg = wly[y] * xl
+            for r in range(rows):
+                zq = z0 + (r % n) * dz
+                off = (wsz[zq] - zlo) // dz
+                cnt = wlz[zq]
+                srow = s[r]
+                m = -np.inf
+                for sg in range(n_seg):
+                    for c in range(sg * lz + off, sg * lz + off + cnt):
+                        m = max(m, srow[c])
+                # exp over the whole row (one long vectorised loop; only the window when it is
+                # one run), then zero what the query does not see: entries outside its window
+                # may overflow, they are overwritten.
+                exp_into(srow, srow, 0, n_keys, m, poly, pow2)
+                total = 0.0
+                for sg in range(n_seg):
+                    c0 = sg * lz
+                    for c in range(c0, c0 + off):
+                        srow[c] = 0.0
+                    for c in range(c0 + off, c0 + off + cnt):
+                        total += srow[c]
+                    for c in range(c0 + off + cnt, c0 + lz):
+                        srow[c] = 0.0
+                # total >= 1: the row's maximum contributes exp(0); normalise after P @ V
+                inv[r] = 1.0 / total
+                lse[b, hk * g_sz + r // n, (x * ny + y) * nz + zq] = m + np.log(total)
+            np.dot(s, vb[first : first + n_keys], ob)
+            for r in range(rows):
+                row = (x * ny + y) * nz + z0 + (r % n) * dz
+                h = hk * g_sz + r // n
+                for e in range(dv):
+                    out[b, h, row, e] = ob[r, e] * inv[r]

@@ -1,0 +1,16 @@
+"""The contract over every installed attention spec (``-k neighborhood.numba`` etc. select;
+``--attnkit-plugin NAME`` keeps one plugin's specs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnkit import load_plugins, registry
+from attnkit_contract import parametrize_with_contract
+
+load_plugins()
+
+
+@parametrize_with_contract(registry.attention_specs())
+def test_attention_contract(spec: Any, backend: str, check: Any) -> None:
+    check(spec, backend)
