@@ -169,7 +169,7 @@ def test_check_mask():
         tensors.check_mask(torch.ones(5, dtype=torch.bool), shapes)
     with pytest.raises(
         ValueError,
-        match=r"mask of shape \(1, 1, 3, 4\) does not broadcast to \(B, Hq, Tq, Tk\) = \(2, 4, 3, 5\) \(axis Tk\)",
+        match=r"mask of shape \(3, 4\) does not broadcast to \(B, Hq, Tq, Tk\) = \(2, 4, 3, 5\) \(axis Tk\)",
     ):
         tensors.check_mask(torch.ones(3, 4, dtype=torch.bool), shapes)
     with pytest.raises(ValueError, match=r"\(axis Hq\)"):

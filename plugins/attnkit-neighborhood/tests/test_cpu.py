@@ -103,7 +103,9 @@ def test_gradcheck_tiny():
     q, k, v = _inputs((6, 4), 2, 1, torch.float64, d=3, dv=2, batch=1, requires_grad=True)
 
     def fn(q, k, v):
-        return SPEC(q, k, v, kernel_size=(3, 2), dilation=(2, 1), is_causal=(False, True), return_lse=True, backend="numba")
+        return SPEC(
+            q, k, v, kernel_size=(3, 2), dilation=(2, 1), is_causal=(False, True), return_lse=True, backend="numba"
+        )
 
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-8)
 
@@ -125,7 +127,9 @@ def test_non_contiguous_inputs():
     base = [torch.randn(2, 9, 8, h, 8, dtype=torch.float64, generator=gen) for h in (4, 2, 2)]
     q, k, v = (x.permute(0, 3, 1, 2, 4) for x in base)
     assert not q.is_contiguous()
-    out, lse = SPEC(q, k, v, kernel_size=(3, 5), dilation=(2, 1), is_causal=(False, True), return_lse=True, backend="numba")
+    out, lse = SPEC(
+        q, k, v, kernel_size=(3, 5), dilation=(2, 1), is_causal=(False, True), return_lse=True, backend="numba"
+    )
     ref_out, ref_lse = _masked_dense(q, k, v, (3, 5), (2, 1), (False, True), 8**-0.5)
     torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=1e-12, rtol=0)
@@ -164,6 +168,18 @@ def test_1d_property_matches_brute_force(n, kernel, dilation, causal, seed):
     ref_out, ref_lse = _masked_dense(q, k, v, kernel, dilation, causal, 8**-0.5)
     torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=1e-12, rtol=0)
+
+
+def test_concurrent_calls_from_python_threads():
+    # numba's workqueue layer aborts on concurrent parallel launches; the backend serialises them
+    from concurrent.futures import ThreadPoolExecutor
+
+    q, k, v = _inputs((6, 10), 2, 1, torch.float64)
+    want = SPEC(q, k, v, kernel_size=3, backend="numba")
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: SPEC(q, k, v, kernel_size=3, backend="numba"), range(8)))
+    for out in outs:
+        torch.testing.assert_close(out, want, atol=0, rtol=0)
 
 
 def test_can_run():

@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -102,7 +103,7 @@ def _incompatible_core(dist: metadata.Distribution) -> str | None:
             req = Requirement(raw)
         except InvalidRequirement:
             continue
-        if req.name.lower() != "attnkit" or req.marker is not None and "extra" in str(req.marker):
+        if req.name.lower() != "attnkit" or (req.marker is not None and "extra" in str(req.marker)):
             continue
         if req.specifier and not req.specifier.contains(core, prereleases=True):
             return f"requires attnkit{req.specifier} but attnkit {core} is installed"
@@ -298,10 +299,10 @@ def broken_plugins() -> list[PluginInfo]:
 
 
 def _enable_tracing() -> None:
-    def before(hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def before(hook_name: str, hook_impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         print(f"attnkit hook {hook_name} -> {[i.plugin_name for i in hook_impls]} {kwargs}", file=sys.stderr)
 
-    def after(outcome: Any, hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def after(outcome: Any, hook_name: str, hook_impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         print(f"attnkit hook {hook_name} done", file=sys.stderr)
 
     pm.add_hookcall_monitoring(before, after)

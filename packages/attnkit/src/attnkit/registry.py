@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -211,10 +211,8 @@ class Spec:
         """
         if params is not None:
             if not isinstance(params, self.params):
-                raise TypeError(
-                    f"{self.name}: params must be a {self.params.__name__}, got {type(params).__name__}"
-                )
-            return dataclasses.replace(params, **kwargs) if kwargs else params
+                raise TypeError(f"{self.name}: params must be a {self.params.__name__}, got {type(params).__name__}")
+            return dataclasses.replace(params, **kwargs) if kwargs else params  # type: ignore[type-var]
         known = {f.name for f in dataclasses.fields(self.params)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
@@ -414,9 +412,7 @@ class Registry:
             raise TypeError(f"register() takes a spec object, got {type(spec).__name__}")
         if spec.name in self._specs:
             other = self._specs[spec.name]
-            raise ValueError(
-                f"spec name {spec.name!r} is already registered by {other.plugin or 'another plugin'}"
-            )
+            raise ValueError(f"spec name {spec.name!r} is already registered by {other.plugin or 'another plugin'}")
         self._specs[spec.name] = spec
 
     def remove_plugin(self, plugin: str) -> None:
@@ -428,7 +424,7 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._specs
 
-    def __iter__(self) -> Iterable[Spec]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Spec]:
         return iter(sorted(self._specs.values(), key=lambda s: s.name))
 
     def __len__(self) -> int:
@@ -472,6 +468,7 @@ def choose(spec: AttentionSpec, call: CallInfo, backend: str | None = None) -> B
     reason at DEBUG level. ``backend=`` forces one by name and raises ``RuntimeError`` with its
     reason if it cannot run. With nothing left, ``NotImplementedError`` lists every reason.
     """
+    reason: str | None
     if backend is not None:
         chosen = spec.backend(backend)
         reason = chosen.reason_not_to_run(call)
@@ -481,7 +478,7 @@ def choose(spec: AttentionSpec, call: CallInfo, backend: str | None = None) -> B
     reasons = []
     for b in spec.backends:
         if not b.auto:
-            reason: str | None = "runs only when asked for by name (backend=...)"
+            reason = "runs only when asked for by name (backend=...)"
             if call.exporting and b.traceable:
                 reason = None
         else:
@@ -493,6 +490,7 @@ def choose(spec: AttentionSpec, call: CallInfo, backend: str | None = None) -> B
         reasons.append(f"{b.name}: {reason}")
     raise NotImplementedError(
         f"{spec.name}: no backend can run on {call.device.type}/{str(call.dtype).removeprefix('torch.')}"
-        f" (requires_grad={call.requires_grad}): " + "; ".join(reasons)
+        f" (requires_grad={call.requires_grad}): "
+        + "; ".join(reasons)
         + ". Set ATTNKIT_LOG_LEVEL=DEBUG to see each choice."
     )

@@ -124,9 +124,7 @@ def check_qkv(
         raise ValueError(f"q must have shape {forms}; got {q.dim()} dims {tuple(q.shape)}")
     for name, x in (("k", k), ("v", v)):
         if x.dim() != q.dim():
-            raise ValueError(
-                f"{name} must have as many dims as q; got {_describe(name, x)} and {_describe('q', q)}"
-            )
+            raise ValueError(f"{name} must have as many dims as q; got {_describe(name, x)} and {_describe('q', q)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k and v must share a dtype; got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -167,9 +165,7 @@ def check_qkv(
     )
 
 
-def check_is_causal(
-    is_causal: object, *, n_axes: int = 1, supported: bool = True
-) -> bool | tuple[bool, ...]:
+def check_is_causal(is_causal: object, *, n_axes: int = 1, supported: bool = True) -> bool | tuple[bool, ...]:
     """Validate ``is_causal``: a bool, or (for multi-axis kernels) one bool per token axis."""
     if isinstance(is_causal, (tuple, list)):
         if len(is_causal) != n_axes or not all(isinstance(c, bool) for c in is_causal):
@@ -211,6 +207,7 @@ def check_mask(mask: object, shapes: QKVShapes) -> torch.Tensor:
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must have dtype torch.bool (True = may attend), got {mask.dtype}")
     tq, tk = shapes.q_len, shapes.kv_len
+    given = tuple(mask.shape)
     if mask.dim() == 2:
         mask = mask[None, None]
     elif mask.dim() == 3:
@@ -220,9 +217,7 @@ def check_mask(mask: object, shapes: QKVShapes) -> torch.Tensor:
     want = (shapes.batch, shapes.q_heads, tq, tk)
     for got, need, axis in zip(mask.shape, want, ("B", "Hq", "Tq", "Tk")):
         if got not in (1, need):
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to (B, Hq, Tq, Tk) = {want} (axis {axis})"
-            )
+            raise ValueError(f"mask of shape {given} does not broadcast to (B, Hq, Tq, Tk) = {want} (axis {axis})")
     if mask.shape[1] not in (1, shapes.q_heads):
         raise ValueError(f"mask head axis must be 1 or Hq={shapes.q_heads}, got {mask.shape[1]}")
     return mask

@@ -12,7 +12,6 @@ imported by the backend modules on first use.
 from __future__ import annotations
 
 from attnkit import AttentionSpec, Backend, Paper, hookimpl
-
 from attnkit_neighborhood.params import NeighborhoodParams
 
 __all__ = ["NEIGHBORHOOD", "NeighborhoodParams"]

@@ -90,10 +90,7 @@ def grad_q(q, k, v, do, lse, delta, dq, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy
                 off = (wsz[zq] - zlo) // dz
                 cnt = wlz[zq]
                 srow = s[r]
-                if n_seg == 1:
-                    exp_into(srow, srow, off, off + cnt, lb[r], poly, pow2)
-                else:
-                    exp_into(srow, srow, 0, n_keys, lb[r], poly, pow2)
+                exp_into(srow, srow, 0, n_keys, lb[r], poly, pow2)
                 for sg in range(n_seg):
                     c0 = sg * lz
                     for c in range(c0, c0 + off):
@@ -111,7 +108,35 @@ def grad_q(q, k, v, do, lse, delta, dq, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def grad_kv(q, k, v, do, lse, delta, dk, dv_out, scale, ny, nz, dx, dy, dz, wsz, wlz, isx, ilx, isy, ily, isz, ilz, tx, ty, tny, tz, tnz):  # type: ignore[no-untyped-def]
+def grad_kv(
+    q,
+    k,
+    v,
+    do,
+    lse,
+    delta,
+    dk,
+    dv_out,
+    scale,
+    ny,
+    nz,
+    dx,
+    dy,
+    dz,
+    wsz,
+    wlz,
+    isx,
+    ilx,
+    isy,
+    ily,
+    isz,
+    ilz,
+    tx,
+    ty,
+    tny,
+    tz,
+    tnz,
+):  # type: ignore[no-untyped-def]
     """Write ``dk (B, Hkv, N, D)`` and ``dv_out (B, Hkv, N, Dv)`` tile by tile of keys."""
     b_sz, hq, _, d = q.shape
     hkv = k.shape[1]

@@ -97,9 +97,8 @@ def forward(q, k, v, out, lse, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy, wly, ws
                 for sg in range(n_seg):
                     for c in range(sg * lz + off, sg * lz + off + cnt):
                         m = max(m, srow[c])
-                # exp over the whole row (one long vectorised loop; only the window when it is
-                # one run), then zero what the query does not see: entries outside its window
-                # may overflow, they are overwritten.
+                # exp over the whole row (one long vectorised loop), then zero what the query
+                # does not see: entries outside its window may overflow, they are overwritten.
                 exp_into(srow, srow, 0, n_keys, m, poly, pow2)
                 total = 0.0
                 for sg in range(n_seg):

@@ -13,7 +13,9 @@ Shape legend: ``q (B, Hq, *S, D)``, ``k (B, Hkv, *S, D)``, ``v (B, Hkv, *S, Dv)`
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +39,7 @@ def can_run(call: CallInfo) -> str | None:
         return f"supports float32 and float64, not {str(call.dtype).removeprefix('torch.')}"
     try:
         import numba  # noqa: F401
-        import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot needs scipy's BLAS)
+        import scipy.linalg.cython_blas  # type: ignore[import-untyped]  # noqa: F401  (numba's np.dot calls it)
     except ImportError as exc:
         return f"numba backend unavailable: {exc}"
     return None
@@ -118,9 +120,10 @@ def _tile_sizes(ks: tuple[int, ...], n_g: tuple[int, ...]) -> tuple[int, int]:
     """Query run lengths along ``Y`` and ``Z``.
 
     A run of ``T`` queries along an axis reads ``T + K - 1`` keys there and uses ``K`` of
-    them per query: along ``Z`` the extra keys cost masked products, so ``T ~ K / 2`` (8 to
-    64) keeps the waste near a third. Along ``Y`` they only cost gathering, which the run
-    shares over ``T`` rows; the gathered block is capped near 2048 keys to stay in cache.
+    them per query: along ``Z`` the extra keys cost masked products, so ``T ~ K / 2`` (at
+    least 8 so the products stay BLAS-sized, at most 64) keeps the waste near a third for
+    large kernels. Along ``Y`` they only cost gathering, which the run shares over ``T``
+    rows; the gathered block is capped near 2048 keys to stay in cache.
     """
     kx, ky, kz = ks
     tz = max(1, min(n_g[2], max(8, min(64, kz // 2))))
@@ -142,7 +145,9 @@ class _Geometry:
         return ay.n, az.n, ax.dilation, ay.dilation, az.dilation
 
 
+@functools.lru_cache(maxsize=64)
 def _geometry(spatial: tuple[int, ...], params: NeighborhoodParams, is_causal: Any) -> _Geometry:
+    """Windows and tiles of one problem; cached, as a model calls the same shapes repeatedly."""
     ks, dl, causal = normalize(params, spatial, is_causal)
     pad = 3 - len(spatial)
     sp = (1,) * pad + tuple(spatial)
@@ -168,31 +173,37 @@ def _geometry(spatial: tuple[int, ...], params: NeighborhoodParams, is_causal: A
 # ---------------------------------------------------------------------------------------------
 
 _BLAS_CONTROLLER: Any = None
+# numba's default "workqueue" threading layer aborts the process when two Python threads
+# launch parallel kernels at once, so launches are serialised.
+_LAUNCH_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """Run BLAS single-threaded: the kernels already use every core through prange, and a
-    threaded BLAS inside each prange task oversubscribes them."""
+def _kernel_launch() -> Iterator[None]:
+    """Hold the launch lock and run BLAS single-threaded: the kernels already use every
+    core through prange, and a threaded BLAS inside each prange task oversubscribes them."""
     global _BLAS_CONTROLLER
-    try:
-        import threadpoolctl
-    except ImportError:
-        yield
-        return
-    if _BLAS_CONTROLLER is None:
-        import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS numba calls first)
+    with _LAUNCH_LOCK:
+        try:
+            import threadpoolctl  # type: ignore[import-untyped]
+        except ImportError:
+            yield
+            return
+        if _BLAS_CONTROLLER is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (load numba's BLAS first)
 
-        _BLAS_CONTROLLER = threadpoolctl.ThreadpoolController()
-    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
-        yield
+            _BLAS_CONTROLLER = threadpoolctl.ThreadpoolController()
+        with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
+            yield
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo: _Geometry, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo: _Geometry, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     from attnkit_neighborhood import _numba_fwd
 
     b, hq, n, _ = q.shape
@@ -200,7 +211,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo: _Geometry, 
     lse = torch.empty(b, hq, n, dtype=q.dtype)
     ax, ay, az = geo.axes
     ny, nz, dx, dy, dz = geo.sizes()
-    with _single_threaded_blas():
+    with _kernel_launch():
         _numba_fwd.forward(
             _np(q), _np(k), _np(v), out.numpy(), lse.numpy(), float(scale),
             ny, nz, dx, dy, dz, ax.ws, ax.wl, ay.ws, ay.wl, az.ws, az.wl, *geo.q_tiles,
@@ -224,7 +235,7 @@ def _backward(
     ny, nz, dx, dy, dz = geo.sizes()
     args = (_np(q), _np(k), _np(v), _np(d_out), _np(lse), _np(delta))
     s = float(scale)
-    with _single_threaded_blas():
+    with _kernel_launch():
         _numba_bwd.grad_q(
             *args, dq.numpy(), s, ny, nz, dx, dy, dz, ax.ws, ax.wl, ay.ws, ay.wl, az.ws, az.wl, *geo.q_tiles
         )
@@ -239,14 +250,16 @@ class _NeighborhoodAttention(torch.autograd.Function):
     """``(q, k, v) -> (out, lse)`` on ``(B, H, N, D)`` tensors; gradients for q, k, v."""
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo: _Geometry, scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo: _Geometry, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out, lse = _forward(q, k, v, geo, scale)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.geo, ctx.scale = geo, scale
         return out, lse
 
     @staticmethod
-    def backward(ctx: Any, d_out: torch.Tensor | None, d_lse: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, d_out: torch.Tensor | None, d_lse: torch.Tensor | None) -> tuple[Any, ...]:
         q, k, v, out, lse = ctx.saved_tensors
         if d_out is None:
             d_out = torch.zeros_like(out)
@@ -305,7 +318,8 @@ def neighborhood_attention(
     """
     _check(q, k, v)
     spatial = tuple(q.shape[2:-1])
-    geo = _geometry(spatial, params, is_causal)
+    causal = tuple(bool(c) for c in is_causal) if isinstance(is_causal, (tuple, list)) else bool(is_causal)
+    geo = _geometry(spatial, params, causal)
     b, hq, d = q.shape[0], q.shape[1], q.shape[-1]
     hkv, dv = k.shape[1], v.shape[-1]
     n = math.prod(spatial)

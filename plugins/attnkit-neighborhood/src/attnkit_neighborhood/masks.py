@@ -49,9 +49,7 @@ def brute_force_mask(
     strides = [math.prod(spatial[a + 1 :]) for a in range(len(spatial))]
     for coords in itertools.product(*(range(n) for n in spatial)):
         qi = sum(c * s for c, s in zip(coords, strides))
-        per_axis = [
-            axis_neighbours(c, n, kk, d, cz) for c, n, kk, d, cz in zip(coords, spatial, ks, dl, causal)
-        ]
+        per_axis = [axis_neighbours(c, n, kk, d, cz) for c, n, kk, d, cz in zip(coords, spatial, ks, dl, causal)]
         for key in itertools.product(*per_axis):
             mask[qi, sum(c * s for c, s in zip(key, strides))] = True
     return mask

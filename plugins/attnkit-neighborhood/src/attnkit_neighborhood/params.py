@@ -59,7 +59,9 @@ class NeighborhoodParams:
         return out[0], out[1]
 
 
-def normalize(params: NeighborhoodParams, spatial: Axes, is_causal: bool | tuple[bool, ...]) -> tuple[Axes, Axes, tuple[bool, ...]]:
+def normalize(
+    params: NeighborhoodParams, spatial: Axes, is_causal: bool | tuple[bool, ...]
+) -> tuple[Axes, Axes, tuple[bool, ...]]:
     """Per-axis ``(kernel_size, dilation, is_causal)`` for token axes ``spatial``."""
     n = len(spatial)
     ks, dl = params.per_axis(n)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 
 
-def axis_window(n: int, kernel: int, dilation: int, causal: bool, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def axis_window(
+    n: int, kernel: int, dilation: int, causal: bool, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Key indices ``(n, kernel)`` along one axis of length ``n`` and their validity.
 
     Non-causal windows are always full. Causal windows near the start are shorter: their

@@ -48,9 +48,7 @@ class AttentionModule(torch.nn.Module):
         self.params = spec.make_params(**params)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.spec(
-            q, k, v, backend=self.backend, is_causal=self.is_causal, scale=self.scale, params=self.params
-        )
+        return self.spec(q, k, v, backend=self.backend, is_causal=self.is_causal, scale=self.scale, params=self.params)
 
 
 def to_onnx(
