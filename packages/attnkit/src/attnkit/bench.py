@@ -157,12 +157,15 @@ class Variant:
         :class:`Skip` to report the variant as skipped with a reason.
     :param note: how it was measured, printed under the table (e.g. "per head chunk").
     :param grad: time with autograd enabled (default: under ``torch.no_grad()``).
+    :param flops: floating-point operations of one call when they differ from the case's
+        useful FLOPs (a baseline doing a similar amount of other work, say).
     """
 
     name: str
     setup: Callable[[], Callable[[], Any]]
     note: str = ""
     grad: bool = False
+    flops: float | None = None
 
 
 @dataclass
@@ -234,6 +237,8 @@ class Bench:
         ``only``, ``probe_size``, ``no_progress``).
     :param ratios: ``(a, b)`` variant-name pairs; each case reports ``time(b) / time(a)``,
         i.e. how many times faster ``a`` is than ``b`` (printed as ``a/b``).
+    :param gflops_ratios: ``(a, b)`` pairs; each case reports ``GFLOP/s(a) / GFLOP/s(b)``
+        (printed as ``a:b GFLOP/s``), e.g. a kernel against a matmul of similar size.
     """
 
     def __init__(
@@ -242,11 +247,13 @@ class Bench:
         args: argparse.Namespace,
         *,
         ratios: Sequence[tuple[str, str]] = (),
+        gflops_ratios: Sequence[tuple[str, str]] = (),
         stream: TextIO | None = None,
     ) -> None:
         self.title = title
         self.args = args
         self.ratios = list(ratios)
+        self.gflops_ratios = list(gflops_ratios)
         self.stream = stream or sys.stdout
         self.repeat = args.repeat if args.repeat is not None else (2 if args.quick else 5)
         self.warmup = args.warmup
@@ -304,8 +311,9 @@ class Bench:
         finally:
             del fn
         row.median_s, row.best_s, row.times_s = timing.median, timing.best, list(timing.times)
-        if case.flops > 0:
-            row.gflops = case.flops / timing.median / 1e9
+        flops = variant.flops if variant.flops is not None else case.flops
+        if flops > 0:
+            row.gflops = flops / timing.median / 1e9
             if self.probe.get("gflops"):
                 row.matmul_fraction = row.gflops / self.probe["gflops"]
         return row
@@ -323,6 +331,12 @@ class Bench:
                 if ra and rb and ra.median_s and rb.median_s:
                     value = rb.median_s / ra.median_s
                 out.append({"case": case, "ratio": f"{a}/{b}", "value": value})
+            for a, b in self.gflops_ratios:
+                ra, rb = by_key.get((case, a)), by_key.get((case, b))
+                value = None
+                if ra and rb and ra.gflops and rb.gflops:
+                    value = ra.gflops / rb.gflops
+                out.append({"case": case, "ratio": f"{a}:{b} GFLOP/s", "value": value})
         return out
 
     def report(self) -> None:
@@ -356,12 +370,15 @@ class Bench:
         self._print(format_table(headers, rows, right=(3, 4, 5)))
         ratio_rows = self.ratio_rows()
         if ratio_rows:
-            names = [f"{a}/{b}" for a, b in self.ratios]
+            names = [f"{a}/{b}" for a, b in self.ratios] + [f"{a}:{b} GFLOP/s" for a, b in self.gflops_ratios]
             table: dict[str, dict[str, str]] = {}
             for rr in ratio_rows:
                 table.setdefault(rr["case"], {})[rr["ratio"]] = f"{rr['value']:.2f}x" if rr["value"] else "-"
             self._print("")
-            self._print("speed ratios (a/b = time of b / time of a; > 1 means a is faster)")
+            self._print(
+                "speed ratios (a/b = time of b / time of a; > 1 means a is faster;"
+                " a:b GFLOP/s = achieved GFLOP/s of a over b's)"
+            )
             self._print(
                 format_table(
                     ["case", *names],

@@ -33,7 +33,7 @@ from attnkit.bench import Bench, Case, Variant, bench_parser
 
 __all__ = ["cases", "run"]
 
-BACKENDS = ("numba", "flex", "sdpa")
+BACKENDS = ("numba", "flex", "sdpa", "matmul")
 SDPA_LOGITS_BUDGET = 1 << 30  # bytes of float32 logits per SDPA call
 
 
@@ -123,6 +123,36 @@ def _sdpa_variant(
     )
 
 
+def _matmul_variant(batch: int, heads: int, n: int, head_dim: int, pairs: int) -> Variant:
+    """A float32 matmul of similar size: the same ``(B*H, N, D)`` queries against a dense block
+    of ``W = pairs // N`` keys each, then ``(B*H, N, W) @ (B*H, W, D)``; the useful FLOPs of the
+    neighbourhood with every query sharing one dense window."""
+    width = max(1, pairs // n)
+
+    def setup() -> Callable[[], Any]:
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        q = torch.randn(batch * heads, n, head_dim, generator=gen)
+        kt = torch.randn(batch * heads, head_dim, width, generator=gen)
+        v = torch.randn(batch * heads, width, head_dim, generator=gen)
+        s = torch.empty(batch * heads, n, width)
+        o = torch.empty(batch * heads, n, head_dim)
+
+        def call() -> None:
+            torch.bmm(q, kt, out=s)
+            torch.bmm(s, v, out=o)
+
+        return call
+
+    return Variant(
+        name="matmul",
+        setup=setup,
+        flops=4.0 * batch * heads * n * width * head_dim,
+        note="float32 torch.bmm of similar size: (B*H, N, D) @ (B*H, D, W) then (B*H, N, W) @ (B*H, W, D), W = pairs / N",
+    )
+
+
 def _case(
     label: str,
     spatial: tuple[int, ...],
@@ -145,6 +175,8 @@ def _case(
     for b in backends:
         if b == "sdpa":
             variants.append(_sdpa_variant(batch, heads, spatial, head_dim, kernel, dilation, causal))
+        elif b == "matmul":
+            variants.append(_matmul_variant(batch, heads, math.prod(spatial), head_dim, pairs))
         else:
             variants.append(_spec_variant(b, batch, heads, spatial, head_dim, params, is_causal))
     return Case(
@@ -222,6 +254,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if unknown or not backends:
         parser.error(f"--backends: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(BACKENDS)}")
     ratios = [(a, b) for a, b in (("numba", "flex"), ("numba", "sdpa")) if a in backends and b in backends]
-    bench = Bench("neighborhood attention, float32 forward", args, ratios=ratios)
+    gflops_ratios = [("numba", "matmul")] if "numba" in backends and "matmul" in backends else []
+    bench = Bench("neighborhood attention, float32 forward", args, ratios=ratios, gflops_ratios=gflops_ratios)
     bench.run(cases(quick=args.quick, backends=backends))
     return bench.exit_code
