@@ -10,6 +10,14 @@ import sys
 from pathlib import Path
 
 
+def _speed(nb: dict, other: dict | None) -> str:
+    """How many times faster numba is than ``other``."""
+    o = other or {}
+    if nb.get("median_s") and o.get("median_s"):
+        return f"{o['median_s'] / nb['median_s']:.1f}x"
+    return "-"
+
+
 def render(data: dict) -> str:
     env, probe = data["environment"], data["matmul_probe"]
     rows = {}
@@ -33,18 +41,13 @@ def render(data: dict) -> str:
             cells.append(f"{r['median_s'] * 1e3:.1f}" if r and r["median_s"] else (r["status"] if r else "-"))
         nb = by.get("numba") or {}
 
-        def speed(other: str) -> str:
-            o = by.get(other) or {}
-            if nb.get("median_s") and o.get("median_s"):
-                return f"{o['median_s'] / nb['median_s']:.1f}x"
-            return "-"
 
         mm = by.get("matmul") or {}
         frac = f"{nb['gflops'] / mm['gflops']:.2f}" if nb.get("gflops") and mm.get("gflops") else "-"
         sq = f"{nb['gflops'] / probe['gflops']:.2f}" if nb.get("gflops") else "-"
         g = f"{nb['gflops']:.1f}" if nb.get("gflops") else "-"
         lines.append(
-            f"| {case} | " + " | ".join(cells) + f" | {g} | {speed('flex')} | {speed('sdpa')} | {frac} | {sq} |"
+            f"| {case} | " + " | ".join(cells) + f" | {g} | {_speed(nb, by.get('flex'))} | {_speed(nb, by.get('sdpa'))} | {frac} | {sq} |"
         )
     return "\n".join(lines) + "\n"
 
