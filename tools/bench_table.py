@@ -41,13 +41,14 @@ def render(data: dict) -> str:
             cells.append(f"{r['median_s'] * 1e3:.1f}" if r and r["median_s"] else (r["status"] if r else "-"))
         nb = by.get("numba") or {}
 
-
         mm = by.get("matmul") or {}
         frac = f"{nb['gflops'] / mm['gflops']:.2f}" if nb.get("gflops") and mm.get("gflops") else "-"
         sq = f"{nb['gflops'] / probe['gflops']:.2f}" if nb.get("gflops") else "-"
         g = f"{nb['gflops']:.1f}" if nb.get("gflops") else "-"
         lines.append(
-            f"| {case} | " + " | ".join(cells) + f" | {g} | {_speed(nb, by.get('flex'))} | {_speed(nb, by.get('sdpa'))} | {frac} | {sq} |"
+            f"| {case} | "
+            + " | ".join(cells)
+            + f" | {g} | {_speed(nb, by.get('flex'))} | {_speed(nb, by.get('sdpa'))} | {frac} | {sq} |"
         )
     return "\n".join(lines) + "\n"
 
