@@ -141,6 +141,20 @@ def block_mask(
     return _cached_block_mask(tuple(spatial), ks, dl, causal, str(torch.device(device)))
 
 
+# dynamo compiles one static graph per input shape and, past its recompile limit (8 by
+# default), silently runs flex_attention eagerly: the unfused O(N^2) path this backend exists to
+# avoid. Raise the limit for this backend's calls only.
+RECOMPILE_LIMIT = 64
+
+
+def _recompile_limit() -> Any:
+    import torch._dynamo
+
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
+    return torch._dynamo.config.patch(cache_size_limit=RECOMPILE_LIMIT)  # torch < 2.6
+
+
 @functools.cache
 def _compiled_flex() -> Any:
     # One compiled function for the process; dynamo keeps one graph per input shape.
@@ -175,5 +189,6 @@ def neighborhood_attention(
     qf = q.reshape(b, hq, n, d)
     kf = k.reshape(b, hkv, n, d)
     vf = v.reshape(b, hkv, n, dv)
-    out = _compiled_flex()(qf, kf, vf, block_mask=bm, scale=scale, enable_gqa=hq != hkv)
+    with _recompile_limit():
+        out = _compiled_flex()(qf, kf, vf, block_mask=bm, scale=scale, enable_gqa=hq != hkv)
     return out.reshape(b, hq, *spatial, dv).to(q.dtype)
