@@ -37,7 +37,7 @@ def test_version():
 def test_plugins_json_lists_builtins_and_neighborhood():
     from importlib.metadata import version
 
-    proc = attnkit("plugins", "--json", "--all")
+    proc = attnkit("plugins", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     builtin = [r for r in rows.values() if r["builtin"]]
@@ -50,11 +50,12 @@ def test_plugins_json_lists_builtins_and_neighborhood():
     assert spec["name"] == "neighborhood" and {"numba", "reference", "flex", "onnx"} <= set(spec["backends"])
 
 
-def test_plugins_table_hides_builtins_without_all():
+def test_plugins_table_shows_builtins_unless_asked_not_to():
     proc = attnkit("plugins")
     assert proc.returncode == 0, proc.stderr
-    assert "attnkit-neighborhood" in proc.stdout and "built-in" not in proc.stdout
-    assert "built-in" in attnkit("plugins", "--all").stdout
+    assert "attnkit-neighborhood" in proc.stdout and "built-in" in proc.stdout
+    hidden = attnkit("plugins", "--no-builtins").stdout
+    assert "attnkit-neighborhood" in hidden and "built-in" not in hidden
 
 
 def test_info_neighborhood():

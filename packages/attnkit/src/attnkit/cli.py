@@ -65,7 +65,7 @@ def _plugin_rows(include_builtin: bool) -> list[dict[str, Any]]:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from attnkit.bench import format_table
 
-    rows = _plugin_rows(include_builtin=args.all)
+    rows = _plugin_rows(include_builtin=not args.no_builtins)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -88,7 +88,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if table:
         print(format_table(["plugin", "version", "distribution", "kinds", "specs [backends]"], table))
     else:
-        print("no plugins installed" + ("" if args.all else " (use --all to include attnkit's built-ins)"))
+        print("no plugins installed")
     if broken:
         print("")
         print("broken plugins (skipped):")
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list installed plugins, their specs and backends, and broken plugins")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--all", action="store_true", help="include attnkit's built-in plugins")
+    p.add_argument("--no-builtins", action="store_true", help="leave out attnkit's built-in plugins")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("info", help="one spec: paper, parameters, capabilities, backends that can run here")
