@@ -174,7 +174,7 @@ def plot(path: Path, img, out, pattern, query_xy, label: int, backend: str) -> N
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
 
