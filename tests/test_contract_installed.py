@@ -1,12 +1,12 @@
-"""The contract over every installed attention spec (``-k neighborhood.numba`` etc. select;
-``--attnkit-plugin NAME`` keeps one plugin's specs)."""
+"""The contract over every installed attention and module spec (``-k neighborhood.numba``
+etc. select; ``--attnkit-plugin NAME`` keeps one plugin's specs)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from attnkit import load_plugins, registry
-from attnkit_contract import parametrize_with_contract
+from attnkit_contract import parametrize_with_contract, parametrize_with_module_contract
 
 load_plugins()
 
@@ -14,3 +14,8 @@ load_plugins()
 @parametrize_with_contract(registry.attention_specs())
 def test_attention_contract(spec: Any, backend: str, check: Any) -> None:
     check(spec, backend)
+
+
+@parametrize_with_module_contract(registry.module_specs())
+def test_module_contract(spec: Any, check: Any) -> None:
+    check(spec)

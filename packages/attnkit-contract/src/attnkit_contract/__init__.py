@@ -18,18 +18,21 @@ if TYPE_CHECKING:
     from attnkit_contract.checks import ATTENTION_CHECKS
     from attnkit_contract.harness import DEFAULT_TOLERANCES, ContractCase
     from attnkit_contract.mixin import AttentionContract
+    from attnkit_contract.module_checks import MODULE_CHECKS, parametrize_with_module_contract
     from attnkit_contract.parametrize import parametrize_with_contract
     from attnkit_contract.runner import CheckResult, ContractFailure, check_spec, run
 
 __all__ = [
     "ATTENTION_CHECKS",
     "DEFAULT_TOLERANCES",
+    "MODULE_CHECKS",
     "AttentionContract",
     "CheckResult",
     "ContractCase",
     "ContractFailure",
     "check_spec",
     "parametrize_with_contract",
+    "parametrize_with_module_contract",
     "run",
 ]
 
@@ -39,6 +42,8 @@ _WHERE = {
     "ContractCase": "attnkit_contract.harness",
     "AttentionContract": "attnkit_contract.mixin",
     "parametrize_with_contract": "attnkit_contract.parametrize",
+    "MODULE_CHECKS": "attnkit_contract.module_checks",
+    "parametrize_with_module_contract": "attnkit_contract.module_checks",
     "CheckResult": "attnkit_contract.runner",
     "ContractFailure": "attnkit_contract.runner",
     "check_spec": "attnkit_contract.runner",

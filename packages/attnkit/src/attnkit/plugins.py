@@ -40,7 +40,7 @@ __all__ = [
     "reset",
 ]
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("attnkit.default_plugins.dense",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("attnkit.default_plugins.dense", "attnkit.default_plugins.mha")
 ENTRY_POINT_GROUP = "attnkit"
 REGISTRATION_HOOKS = ("attnkit_register_attention", "attnkit_register_caches", "attnkit_register_analyses")
 

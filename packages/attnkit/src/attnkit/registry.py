@@ -348,6 +348,15 @@ class AttentionModuleSpec(Spec):
     :param factory: ``"module:Class"``; ``Class(config, params)`` builds the ``nn.Module``.
     :param from_pretrained: ``"module:function"`` building the module from an existing
         multi-head attention module (copying or pooling its weights), if supported.
+    :param onnx: whether the module exports to ONNX in eval mode.
+    :param reduction: ``"module:function"``; ``(config) -> (module, reference)`` gives the
+        module in a configuration where the paper says it reduces to plain multi-head
+        attention, and that :class:`~attnkit.modules.MultiHeadAttention` with equivalent
+        weights. The contract suite checks the two agree.
+    :param train_eval_differ: whether outputs legitimately differ between ``train()`` and
+        ``eval()`` (dropout, noisy routing ...); otherwise the contract checks they agree.
+    :param contract_params: ``"module:function"``; ``() -> list[dict]`` of parameter sets
+        the contract suite builds the module with; default: ``[{}]``.
     """
 
     kind: ClassVar[str] = "module"
@@ -355,6 +364,9 @@ class AttentionModuleSpec(Spec):
     factory: str | Callable[..., Any]
     from_pretrained: str | Callable[..., Any] | None = None
     onnx: bool = True
+    reduction: str | Callable[..., Any] | None = None
+    train_eval_differ: bool = False
+    contract_params: str | Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
