@@ -84,7 +84,7 @@ def _plugin_dir(slug: str) -> str:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Core, contract suite and every plugin installed together; CPU tests (no natten, no gpu)."""
-    _install(session, f"{CORE}[test,onnx,bench]", CONTRACT, *(f"{_plugin_dir(s)}[test]" for s in PLUGINS))
+    _install(session, f"{CORE}[test,onnx,bench,models]", CONTRACT, *(f"{_plugin_dir(s)}[test]" for s in PLUGINS))
     paths = _existing(f"{CORE}/tests", f"{CONTRACT}/tests", *(f"{_plugin_dir(s)}/tests" for s in PLUGINS), "tests")
     # tests/test_contract_installed.py runs the contract over every installed spec, so each
     # plugin's own tests/test_contract.py (the same checks, for the plugin-<slug> session and
