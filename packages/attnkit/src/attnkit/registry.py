@@ -357,6 +357,7 @@ class AttentionModuleSpec(Spec):
         ``eval()`` (dropout, noisy routing ...); otherwise the contract checks they agree.
     :param contract_params: ``"module:function"``; ``() -> list[dict]`` of parameter sets
         the contract suite builds the module with; default: ``[{}]``.
+    :param bench: ``"module:function"`` run by ``attnkit bench <name>``.
     """
 
     kind: ClassVar[str] = "module"
@@ -367,15 +368,20 @@ class AttentionModuleSpec(Spec):
     reduction: str | Callable[..., Any] | None = None
     train_eval_differ: bool = False
     contract_params: str | Callable[..., Any] | None = None
+    bench: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class KVCacheSpec(Spec):
-    """A KV-cache policy. ``factory(params)`` returns a policy object."""
+    """A KV-cache policy. ``factory(params)`` returns a policy object.
+
+    :param bench: ``"module:function"`` run by ``attnkit bench <name>``.
+    """
 
     kind: ClassVar[str] = "cache"
 
     factory: str | Callable[..., Any]
+    bench: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
