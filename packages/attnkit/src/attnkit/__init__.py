@@ -49,6 +49,7 @@ __all__ = [
     "hookspec",
     "list_specs",
     "load_plugins",
+    "patch",
     "registry",
 ]
 
@@ -87,7 +88,11 @@ def attention(
     return get_spec(spec, "attention")(q, k, v, backend=backend, **kwargs)
 
 
-def __getattr__(name: str) -> str:
+def __getattr__(name: str) -> Any:
+    if name == "patch":  # imports torch and transformers: only when asked for
+        from attnkit.hf import patch
+
+        return patch
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 

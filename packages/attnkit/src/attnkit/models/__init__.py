@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 from attnkit.models.data import IGNORE_INDEX, copy_task, digits
+from attnkit.models.pretrained import PRETRAINED, load
 from attnkit.models.tiny import Block, TinyGPT, TinyModel, TinyViT, layer_specs
 from attnkit.models.train import TrainResult, evaluate, train
 
 __all__ = [
     "IGNORE_INDEX",
+    "PRETRAINED",
     "Block",
     "TinyGPT",
     "TinyModel",
@@ -26,5 +28,6 @@ __all__ = [
     "digits",
     "evaluate",
     "layer_specs",
+    "load",
     "train",
 ]

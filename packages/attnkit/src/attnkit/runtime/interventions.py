@@ -1,0 +1,262 @@
+"""Interventions on a patched run: head-output edits, pre-softmax span masks and boosts,
+post-softmax redistribution, and activation patching from a captured run.
+
+Each is a run-time plugin for :func:`attnkit.patch` (``analyses=[...]``) that declares only
+the sites it edits, so nothing else is computed step by step.
+
+>>> ablate = HeadEdit({3: [0, 5]}, mode="zero")           # heads 0 and 5 of block 3
+>>> with attnkit.patch(model, analyses=[ablate]):  # doctest: +SKIP
+...     logits = model(**inputs).logits
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from attnkit.hookspecs import hookimpl
+from attnkit.runtime.capture import Capture
+
+__all__ = ["ActivationPatch", "HeadEdit", "PatternRedistribute", "ScoreEdit", "heads_by_layer"]
+
+
+def heads_by_layer(heads: Any) -> dict[int, list[int]]:
+    """Normalise ``{layer: [head, ...]}`` or ``[(layer, head), ...]`` to a sorted dict.
+
+    :raises TypeError / ValueError: naming ``heads`` when an entry is not a non-negative int.
+    """
+    pairs: list[tuple[int, int]] = []
+    if isinstance(heads, Mapping):
+        for layer, hs in heads.items():
+            if isinstance(hs, int):
+                hs = [hs]
+            pairs.extend((layer, h) for h in hs)
+    elif isinstance(heads, Iterable):
+        for item in heads:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise TypeError(f"heads must be {{layer: [head, ...]}} or [(layer, head), ...], got entry {item!r}")
+            pairs.append((item[0], item[1]))
+    else:
+        raise TypeError(f"heads must be {{layer: [head, ...]}} or [(layer, head), ...], got {type(heads).__name__}")
+    out: dict[int, list[int]] = {}
+    for layer, h in pairs:
+        for name, value in (("layer", layer), ("head", h)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"heads: {name} indices must be non-negative ints, got {value!r}")
+        out.setdefault(layer, [])
+        if h not in out[layer]:
+            out[layer].append(h)
+    return {layer: sorted(hs) for layer, hs in sorted(out.items())}
+
+
+def _check_heads(layer: int, heads: list[int], n_heads: int) -> None:
+    bad = [h for h in heads if h >= n_heads]
+    if bad:
+        raise ValueError(f"heads {bad} do not exist in block {layer}, which has {n_heads} query heads")
+
+
+def _span(span: Any) -> tuple[int, int]:
+    if not isinstance(span, (tuple, list)) or len(span) != 2 or not all(isinstance(x, int) for x in span):
+        raise TypeError(f"span must be (start, stop) key positions, got {span!r}")
+    start, stop = span
+    if not 0 <= start < stop:
+        raise ValueError(f"span must satisfy 0 <= start < stop, got {span!r}")
+    return start, stop
+
+
+class HeadEdit:
+    """Edit per-head outputs before the output projection (site ``hook_z``).
+
+    :param heads: ``{layer: [head, ...]}`` or ``[(layer, head), ...]``.
+    :param mode: ``"zero"``, ``"mean"`` (the head's mean output over the current tokens, per
+        sequence), ``"scale"`` (multiply by ``factor``) or ``"replace"`` (with ``value``,
+        broadcastable to ``(B, T, D)``).
+    :param factor: for ``"scale"``.
+    :param value: for ``"replace"``.
+    """
+
+    name = "head_edit"
+    MODES = ("zero", "mean", "scale", "replace")
+
+    def __init__(self, heads: Any, mode: str = "zero", factor: float = 1.0, value: Any = None) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if mode == "replace" and value is None:
+            raise ValueError("mode='replace' needs value= (a tensor broadcastable to (B, T, D))")
+        self.heads = heads_by_layer(heads)
+        self.mode, self.factor, self.value = mode, float(factor), value
+
+    @hookimpl
+    def attnkit_sites(self) -> list[str]:
+        return [f"blocks.{layer}.attn.hook_z" for layer in self.heads]
+
+    @hookimpl
+    def attnkit_edit(self, site: str, layer: int | None, tensor: torch.Tensor, run: Any) -> torch.Tensor | None:
+        if layer not in self.heads or not site.endswith("hook_z"):
+            return None
+        hs = self.heads[layer]
+        _check_heads(layer, hs, tensor.shape[1])
+        z = tensor.clone()
+        idx = torch.tensor(hs, device=z.device)
+        if self.mode == "zero":
+            z[:, idx] = 0
+        elif self.mode == "scale":
+            z[:, idx] = z[:, idx] * self.factor
+        elif self.mode == "mean":
+            z[:, idx] = z[:, idx].mean(dim=2, keepdim=True).expand_as(z[:, idx])
+        else:
+            value = torch.as_tensor(self.value, dtype=z.dtype, device=z.device)
+            z[:, idx] = value.expand_as(z[:, idx]) if value.dim() < 4 else value
+        return z
+
+
+class ScoreEdit:
+    """Mask or boost pre-softmax scores on a span of key positions (site ``hook_scores``).
+
+    :param heads: ``{layer: [head, ...]}`` / ``[(layer, head), ...]``, or a list of layers
+        (every head of those layers).
+    :param span: ``(start, stop)`` key indices (stop exclusive): absolute positions unless a
+        cache policy has evicted keys.
+    :param mode: ``"mask"`` (the keys become invisible) or ``"boost"`` (add ``amount``).
+    :param amount: logit added for ``"boost"``.
+    """
+
+    name = "score_edit"
+
+    def __init__(self, heads: Any, span: Sequence[int], mode: str = "mask", amount: float = 0.0) -> None:
+        if mode not in ("mask", "boost"):
+            raise ValueError(f"mode must be 'mask' or 'boost', got {mode!r}")
+        self.heads: dict[int, list[int] | None] = (
+            {int(layer): None for layer in heads}
+            if isinstance(heads, (list, tuple)) and heads and all(isinstance(x, int) for x in heads)
+            else dict(heads_by_layer(heads))
+        )
+        self.span = _span(span)
+        self.mode, self.amount = mode, float(amount)
+
+    @hookimpl
+    def attnkit_sites(self) -> list[str]:
+        return [f"blocks.{layer}.attn.hook_scores" for layer in self.heads]
+
+    @hookimpl
+    def attnkit_edit(self, site: str, layer: int | None, tensor: torch.Tensor, run: Any) -> torch.Tensor | None:
+        if layer not in self.heads:
+            return None
+        start, stop = self.span
+        # Spans index the keys the attention sees: absolute positions with a full cache.
+        lo, hi = start, min(stop, tensor.shape[-1])
+        if lo >= hi:
+            return None
+        s = tensor.clone()
+        heads = self.heads[layer]
+        sel = s if heads is None else s[:, heads]
+        if self.mode == "mask":
+            sel[..., lo:hi] = float("-inf")
+        else:
+            sel[..., lo:hi] = sel[..., lo:hi] + self.amount
+        if heads is not None:
+            s[:, heads] = sel
+        return s
+
+
+class PatternRedistribute:
+    """Post-softmax redistribution (site ``hook_pattern``): scale the attention a span of
+    keys receives by ``factor`` and renormalise each row, so the mass taken from (or given
+    to) the span is spread over the other keys in proportion to their weights.
+
+    :param heads: as for :class:`ScoreEdit`.
+    :param span: ``(start, stop)`` key positions.
+    :param factor: ``0`` removes the span; ``> 1`` amplifies it.
+    """
+
+    name = "pattern_redistribute"
+
+    def __init__(self, heads: Any, span: Sequence[int], factor: float = 0.0) -> None:
+        if factor < 0:
+            raise ValueError(f"factor must be >= 0, got {factor}")
+        self.inner = ScoreEdit(heads, span)
+        self.heads, self.span, self.factor = self.inner.heads, self.inner.span, float(factor)
+
+    @hookimpl
+    def attnkit_sites(self) -> list[str]:
+        return [f"blocks.{layer}.attn.hook_pattern" for layer in self.heads]
+
+    @hookimpl
+    def attnkit_edit(self, site: str, layer: int | None, tensor: torch.Tensor, run: Any) -> torch.Tensor | None:
+        if layer not in self.heads:
+            return None
+        start, stop = self.span
+        hi = min(stop, tensor.shape[-1])
+        if start >= hi:
+            return None
+        p = tensor.clone()
+        heads = self.heads[layer]
+        sel = p if heads is None else p[:, heads]
+        sel[..., start:hi] = sel[..., start:hi] * self.factor
+        total = sel.sum(-1, keepdim=True)
+        # A row whose whole mass was on the span has nothing left to renormalise: zeros.
+        sel = torch.where(total > 0, sel / total.clamp_min(torch.finfo(sel.dtype).tiny), torch.zeros_like(sel))
+        if heads is None:
+            return sel
+        p[:, heads] = sel
+        return p
+
+
+class ActivationPatch:
+    """Replace values at ``sites`` with those captured from another run (activation patching).
+
+    :param source: a :class:`~attnkit.runtime.capture.Capture` of the clean run holding the
+        sites (same sequence length).
+    :param sites: full site names to patch (``"blocks.3.attn.hook_z"`` ...).
+    :param heads: for ``hook_z`` / ``hook_q`` / ... sites: patch only these heads (default all).
+    :param positions: patch only these token positions (default all).
+    :param step: which captured pass to take (default 0, the prefill).
+    """
+
+    name = "activation_patch"
+
+    def __init__(
+        self,
+        source: Capture,
+        sites: Sequence[str],
+        heads: Sequence[int] | None = None,
+        positions: Sequence[int] | None = None,
+        step: int = 0,
+    ) -> None:
+        if not isinstance(source, Capture):
+            raise TypeError(f"source must be a Capture of the clean run, got {type(source).__name__}")
+        missing = [s for s in sites if s not in source]
+        if missing:
+            raise ValueError(f"source did not capture {missing}; captured: {sorted(source)[:6]}")
+        self.source, self.sites = source, list(sites)
+        self.heads = None if heads is None else list(heads)
+        self.positions = None if positions is None else list(positions)
+        self.step = step
+
+    @hookimpl
+    def attnkit_sites(self) -> list[str]:
+        return self.sites
+
+    @hookimpl
+    def attnkit_edit(self, site: str, layer: int | None, tensor: torch.Tensor, run: Any) -> torch.Tensor | None:
+        if site not in self.sites or run.step != self.step:
+            return None
+        clean = self.source[site][self.step].to(device=tensor.device, dtype=tensor.dtype)
+        if clean.shape != tensor.shape:
+            raise ValueError(f"activation patch at {site!r}: clean value {tuple(clean.shape)} != {tuple(tensor.shape)}")
+        out = tensor.clone()
+        head_axis = "attn." in site and tensor.dim() == 4
+        index: list[Any] = [slice(None)] * tensor.dim()
+        if self.heads is not None and head_axis:
+            index[1] = self.heads
+        if self.positions is not None:
+            index[2 if head_axis else 1] = self.positions
+        if self.heads is not None and self.positions is not None and head_axis:
+            h = torch.tensor(self.heads)[:, None]
+            t = torch.tensor(self.positions)[None, :]
+            out[:, h, t] = clean[:, h, t]
+            return out
+        out[tuple(index)] = clean[tuple(index)]
+        return out

@@ -1,0 +1,253 @@
+"""attnkit.patch on small randomly initialised transformers models (no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import attnkit  # noqa: E402
+from attnkit.runtime import ActivationPatch, Capture, HeadEdit, PatternRedistribute, ScoreEdit  # noqa: E402
+
+VOCAB = 97
+
+
+def tiny_llama(impl: str = "sdpa", seed: int = 0, model_type: str = "llama") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    kwargs = {
+        "vocab_size": VOCAB,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
+    if model_type == "mistral":
+        config = transformers.MistralConfig(**kwargs, sliding_window=None)
+        model = transformers.MistralForCausalLM(config)
+    elif model_type == "qwen2":
+        config = transformers.Qwen2Config(**kwargs)
+        model = transformers.Qwen2ForCausalLM(config)
+    else:
+        config = transformers.LlamaConfig(**kwargs)
+        model = transformers.LlamaForCausalLM(config)
+    model.set_attn_implementation(impl)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def llama() -> torch.nn.Module:
+    return tiny_llama()
+
+
+def ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, length), generator=g)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+def test_dense_patch_equals_unpatched(model_type: str) -> None:
+    model = tiny_llama(model_type=model_type)
+    x = ids()
+    with torch.no_grad():
+        ref = model(x).logits
+        with attnkit.patch(model, "dense"):
+            out = model(x).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_patch_with_left_padding(llama: torch.nn.Module) -> None:
+    x = ids()
+    am = torch.ones_like(x)
+    am[0, :4] = 0  # first sequence left-padded
+    with torch.no_grad():
+        ref = llama(x, attention_mask=am).logits
+        with attnkit.patch(llama, "dense", backend="reference"):
+            out = llama(x, attention_mask=am).logits
+    keep = am.bool()
+    torch.testing.assert_close(out[keep], ref[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_generate_with_patch_equals_unpatched(llama: torch.nn.Module) -> None:
+    x = ids(batch=1, length=6)
+    ref = llama.generate(x, max_new_tokens=6, do_sample=False)
+    with attnkit.patch(llama, "dense"):
+        out = llama.generate(x, max_new_tokens=6, do_sample=False)
+    assert torch.equal(out, ref)
+
+
+def test_patch_restores_model_even_on_error(llama: torch.nn.Module) -> None:
+    before = llama.config._attn_implementation
+    with pytest.raises(RuntimeError, match="boom"), attnkit.patch(llama, "dense"):
+        assert llama.config._attn_implementation == "attnkit"
+        raise RuntimeError("boom")
+    assert llama.config._attn_implementation == before
+    assert not any(hasattr(m, "_attnkit") for m in llama.modules())
+    assert not hasattr(llama, "_attnkit_session")
+
+
+def test_nested_patch_refused(llama: torch.nn.Module) -> None:
+    with attnkit.patch(llama, "dense"), pytest.raises(RuntimeError, match="already patched"), attnkit.patch(llama):
+        pass
+
+
+def test_unsupported_architecture_names_families() -> None:
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50)
+    model = transformers.GPT2LMHeadModel(config)
+    with pytest.raises(NotImplementedError, match="llama"), attnkit.patch(model, "dense"):
+        pass
+
+
+def test_unknown_spec_lists_available(llama: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="dense"), attnkit.patch(llama, "no-such-kernel"):
+        pass
+
+
+def test_bad_site_pattern_is_an_error(llama: torch.nn.Module) -> None:
+    with (
+        pytest.raises(ValueError, match="matches no site"),
+        attnkit.patch(llama, analyses=[Capture(["blocks.9.attn.hook_z"])]),
+    ):
+        pass
+
+
+def test_capture_leaves_logits_unchanged_and_pattern_matches_eager() -> None:
+    model = tiny_llama("eager")
+    x = ids()
+    with torch.no_grad():
+        ref = model(x, output_attentions=True)
+    model.set_attn_implementation("sdpa")
+    cap = Capture(["blocks.{l}.attn.hook_pattern", "blocks.{l}.attn.hook_k", "logits", "blocks.1.hook_resid_post"])
+    with torch.no_grad(), attnkit.patch(model, "dense", analyses=[cap]):
+        out = model(x).logits
+    torch.testing.assert_close(out, ref.logits, atol=1e-5, rtol=1e-5)
+    for layer in range(2):
+        torch.testing.assert_close(
+            cap.first(f"blocks.{layer}.attn.hook_pattern"), ref.attentions[layer], atol=1e-6, rtol=1e-5
+        )
+        assert cap.first(f"blocks.{layer}.attn.hook_k").shape == (2, 2, 12, 16)  # GQA kept: 2 KV heads
+    torch.testing.assert_close(cap.first("logits"), out)
+    assert cap.result()["blocks.1.hook_resid_post"] == 1
+
+
+def test_capture_during_generate_one_value_per_step(llama: torch.nn.Module) -> None:
+    cap = Capture(["blocks.0.attn.hook_pattern@decode"])
+    x = ids(batch=1, length=5)
+    with attnkit.patch(llama, analyses=[cap]):
+        llama.generate(x, max_new_tokens=4, do_sample=False)
+    shapes = [tuple(p.shape) for p in cap["blocks.0.attn.hook_pattern"]]
+    assert shapes == [(1, 4, 1, 5 + i) for i in range(1, 4)]  # 3 decode steps after the prefill
+    for p in cap["blocks.0.attn.hook_pattern"]:
+        torch.testing.assert_close(p.sum(-1), torch.ones(1, 4, 1))
+
+
+def test_zero_head_equals_zeroed_o_proj_columns() -> None:
+    model = tiny_llama()
+    x = ids()
+    with torch.no_grad():
+        with attnkit.patch(model, analyses=[HeadEdit({1: [2]}, mode="zero")]):
+            out = model(x).logits
+        w = model.model.layers[1].self_attn.o_proj.weight
+        saved = w.clone()
+        w[:, 2 * 16 : 3 * 16] = 0
+        ref = model(x).logits
+        w.copy_(saved)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_scale_one_and_mean_modes() -> None:
+    model = tiny_llama()
+    x = ids()
+    with torch.no_grad():
+        ref = model(x).logits
+        with attnkit.patch(model, analyses=[HeadEdit({0: [0, 1]}, mode="scale", factor=1.0)]):
+            same = model(x).logits
+        with attnkit.patch(model, analyses=[HeadEdit({0: [0, 1]}, mode="mean")]):
+            changed = model(x).logits
+    torch.testing.assert_close(same, ref, atol=1e-6, rtol=1e-6)
+    assert (changed - ref).abs().max() > 1e-3
+
+
+def test_score_mask_equals_padding_mask_on_those_keys() -> None:
+    model = tiny_llama()
+    x = ids()
+    span = (3, 6)
+    am = torch.ones_like(x)
+    am[:, span[0] : span[1]] = 0
+    with torch.no_grad():
+        ref = model(x, attention_mask=am).logits
+        with attnkit.patch(model, analyses=[ScoreEdit([0, 1], span=span, mode="mask")]):
+            out = model(x).logits
+        with attnkit.patch(model, analyses=[PatternRedistribute([0, 1], span=span, factor=0.0)]):
+            redistributed = model(x).logits
+    later = slice(span[1], None)  # rows after the span see exactly the same keys
+    torch.testing.assert_close(out[:, later], ref[:, later], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(redistributed[:, later], ref[:, later], atol=1e-5, rtol=1e-5)
+
+
+def test_boost_moves_attention_to_span() -> None:
+    model = tiny_llama()
+    x = ids(batch=1)
+    cap0, cap1 = Capture(["blocks.0.attn.hook_pattern"]), Capture(["blocks.0.attn.hook_pattern"])
+    with torch.no_grad():
+        with attnkit.patch(model, analyses=[cap0]):
+            model(x)
+        with attnkit.patch(model, analyses=[ScoreEdit({0: [1]}, span=(0, 2), mode="boost", amount=5.0), cap1]):
+            model(x)
+    p0, p1 = cap0.first("blocks.0.attn.hook_pattern"), cap1.first("blocks.0.attn.hook_pattern")
+    assert (p1[0, 1, 4:, :2].sum(-1) > p0[0, 1, 4:, :2].sum(-1)).all()
+    torch.testing.assert_close(p1[0, 0], p0[0, 0])  # other heads untouched
+
+
+def test_activation_patching_restores_clean_logits() -> None:
+    model = tiny_llama()
+    clean, corrupt = ids(seed=1), ids(seed=2)
+    cap = Capture(["blocks.1.hook_resid_post", "blocks.{l}.attn.hook_z"])
+    with torch.no_grad():
+        with attnkit.patch(model, analyses=[cap]):
+            ref = model(clean).logits
+        with attnkit.patch(model, analyses=[ActivationPatch(cap, ["blocks.1.hook_resid_post"])]):
+            patched = model(corrupt).logits
+        with attnkit.patch(model, analyses=[ActivationPatch(cap, ["blocks.1.attn.hook_z"], heads=[0], positions=[11])]):
+            partial = model(corrupt).logits
+        base = model(corrupt).logits
+    torch.testing.assert_close(patched, ref, atol=1e-5, rtol=1e-5)
+    # one head at the last position changes only the last position's logits
+    torch.testing.assert_close(partial[:, :11], base[:, :11], atol=1e-5, rtol=1e-5)
+    assert (partial[:, 11] - base[:, 11]).abs().max() > 1e-4
+
+
+def test_layers_option_leaves_other_layers_on_transformers_attention(llama: torch.nn.Module) -> None:
+    cap = Capture(["blocks.{l}.attn.hook_z"])
+    x = ids()
+    with torch.no_grad():
+        ref = llama(x).logits
+        with attnkit.patch(llama, layers=[1], analyses=[cap]):
+            out = llama(x).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert set(cap) == {"blocks.1.attn.hook_z"}
+
+
+def test_plugin_kernel_in_a_real_model_matches_dense_under_its_mask() -> None:
+    spec = attnkit.get_spec("neighborhood")
+    model = tiny_llama()
+    x = ids(length=16)
+    params = spec.make_params(kernel_size=5)
+    from attnkit.registry import resolve
+
+    allowed = resolve(spec.mask)(params, (2, 4, 16, 16), (2, 2, 16, 16), True)
+    with torch.no_grad():
+        with attnkit.patch(model, "neighborhood", attention_params={"kernel_size": 5}):
+            out = model(x).logits
+        ref = model(x, attention_mask=allowed[None, None].expand(2, 1, 16, 16)).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_attention_params_raise(llama: torch.nn.Module) -> None:
+    with (
+        pytest.raises((ValueError, TypeError), match="kernel_size"),
+        attnkit.patch(llama, "neighborhood", attention_params={"kernel_size": -3}),
+    ):
+        pass
