@@ -251,3 +251,15 @@ def test_bad_attention_params_raise(llama: torch.nn.Module) -> None:
         attnkit.patch(llama, "neighborhood", attention_params={"kernel_size": -3}),
     ):
         pass
+
+
+def test_uniform_head_outputs_mean_of_visible_values() -> None:
+    model = tiny_llama()
+    x = ids(batch=1, length=8)
+    cap = Capture(["blocks.0.attn.hook_v", "blocks.0.attn.hook_z"])
+    with torch.no_grad(), attnkit.patch(model, analyses=[ScoreEdit({0: [3]}, mode="uniform"), cap]):
+        model(x)
+    v, z = cap.first("blocks.0.attn.hook_v"), cap.first("blocks.0.attn.hook_z")
+    # head 3 belongs to KV head 1 (4 query heads, 2 KV heads); causal: row t averages v[:t+1]
+    expect = v[0, 1].cumsum(0) / torch.arange(1, 9)[:, None]
+    torch.testing.assert_close(z[0, 3], expect, atol=1e-6, rtol=1e-5)

@@ -113,27 +113,31 @@ class HeadEdit:
 
 
 class ScoreEdit:
-    """Mask or boost pre-softmax scores on a span of key positions (site ``hook_scores``).
+    """Mask, boost or flatten pre-softmax scores of chosen heads (site ``hook_scores``).
 
     :param heads: ``{layer: [head, ...]}`` / ``[(layer, head), ...]``, or a list of layers
         (every head of those layers).
     :param span: ``(start, stop)`` key indices (stop exclusive): absolute positions unless a
-        cache policy has evicted keys.
-    :param mode: ``"mask"`` (the keys become invisible) or ``"boost"`` (add ``amount``).
+        cache policy has evicted keys. ``None``: every key.
+    :param mode: ``"mask"`` (the keys become invisible), ``"boost"`` (add ``amount``) or
+        ``"uniform"`` (every visible key in the span gets the same logit: the head attends
+        uniformly, i.e. outputs the mean of the visible values; the retrieval-head paper's
+        head masking, which zeroes the head's query).
     :param amount: logit added for ``"boost"``.
     """
 
     name = "score_edit"
+    MODES = ("mask", "boost", "uniform")
 
-    def __init__(self, heads: Any, span: Sequence[int], mode: str = "mask", amount: float = 0.0) -> None:
-        if mode not in ("mask", "boost"):
-            raise ValueError(f"mode must be 'mask' or 'boost', got {mode!r}")
+    def __init__(self, heads: Any, span: Sequence[int] | None = None, mode: str = "mask", amount: float = 0.0) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         self.heads: dict[int, list[int] | None] = (
             {int(layer): None for layer in heads}
             if isinstance(heads, (list, tuple)) and heads and all(isinstance(x, int) for x in heads)
             else dict(heads_by_layer(heads))
         )
-        self.span = _span(span)
+        self.span = None if span is None else _span(span)
         self.mode, self.amount = mode, float(amount)
 
     @hookimpl
@@ -144,20 +148,26 @@ class ScoreEdit:
     def attnkit_edit(self, site: str, layer: int | None, tensor: torch.Tensor, run: Any) -> torch.Tensor | None:
         if layer not in self.heads:
             return None
-        start, stop = self.span
-        # Spans index the keys the attention sees: absolute positions with a full cache.
-        lo, hi = start, min(stop, tensor.shape[-1])
+        heads = self.heads[layer]
+        if heads is not None:
+            _check_heads(layer, heads, tensor.shape[1])
+        lo, hi = (0, tensor.shape[-1]) if self.span is None else (self.span[0], min(self.span[1], tensor.shape[-1]))
         if lo >= hi:
             return None
         s = tensor.clone()
-        heads = self.heads[layer]
         sel = s if heads is None else s[:, heads]
+        part = sel[..., lo:hi]
         if self.mode == "mask":
-            sel[..., lo:hi] = float("-inf")
-        else:
-            sel[..., lo:hi] = sel[..., lo:hi] + self.amount
+            part = torch.full_like(part, float("-inf"))
+        elif self.mode == "boost":
+            part = part + self.amount
+        else:  # keys already masked (causal, padding) stay invisible
+            part = torch.where(torch.isfinite(part), torch.zeros_like(part), part)
+        sel[..., lo:hi] = part
         if heads is not None:
             s[:, heads] = sel
+        else:
+            s = sel
         return s
 
 
@@ -176,6 +186,8 @@ class PatternRedistribute:
     def __init__(self, heads: Any, span: Sequence[int], factor: float = 0.0) -> None:
         if factor < 0:
             raise ValueError(f"factor must be >= 0, got {factor}")
+        if span is None:
+            raise ValueError("PatternRedistribute needs span=(start, stop)")
         self.inner = ScoreEdit(heads, span)
         self.heads, self.span, self.factor = self.inner.heads, self.inner.span, float(factor)
 
@@ -187,6 +199,7 @@ class PatternRedistribute:
     def attnkit_edit(self, site: str, layer: int | None, tensor: torch.Tensor, run: Any) -> torch.Tensor | None:
         if layer not in self.heads:
             return None
+        assert self.span is not None  # checked in __init__
         start, stop = self.span
         hi = min(stop, tensor.shape[-1])
         if start >= hi:

@@ -112,6 +112,8 @@ class Run:
         editors = {id(impl.plugin) for impl in self.pm.hook.attnkit_edit.get_hookimpls()}
         patterns: list[str] = []
         edit_patterns: list[str] = []
+        #: Each editor sees only the sites it declared (not every site another analysis wants).
+        self._edit_scope: dict[int, dict[str, set[str]]] = {}
         for impl in self.pm.hook.attnkit_sites.get_hookimpls():
             result = impl.function()
             if isinstance(result, str) or not isinstance(result, (list, tuple, set, frozenset, type(None))):
@@ -121,6 +123,7 @@ class Run:
             patterns.extend(result or ())
             if id(impl.plugin) in editors:
                 edit_patterns.extend(result or ())
+                self._edit_scope[id(impl.plugin)] = expand_sites(result or (), self.n_layers)
         self.sites = expand_sites(patterns, self.n_layers)
         #: Sites some editing analysis declared: only there must the adapter compute attention
         #: step by step (scores / pattern edits); capture-only sites leave the kernel's output.
@@ -160,6 +163,9 @@ class Run:
             return tensor
         if self._editors:
             for impl in reversed(self.pm.hook.attnkit_edit.get_hookimpls()):
+                scope = self._edit_scope.get(id(impl.plugin), {}).get(name)
+                if not scope or self.phase not in scope:
+                    continue
                 new = impl.function(**{a: v for a, v in _args(name, layer, tensor, self).items() if a in impl.argnames})
                 if new is None:
                     continue
