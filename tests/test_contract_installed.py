@@ -1,4 +1,4 @@
-"""The contract over every installed attention and module spec (``-k neighborhood.numba``
+"""The contract over every installed attention, module and cache spec (``-k neighborhood.numba``
 etc. select; ``--attnkit-plugin NAME`` keeps one plugin's specs)."""
 
 from __future__ import annotations
@@ -6,7 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from attnkit import load_plugins, registry
-from attnkit_contract import parametrize_with_contract, parametrize_with_module_contract
+from attnkit_contract import (
+    parametrize_with_cache_contract,
+    parametrize_with_contract,
+    parametrize_with_module_contract,
+)
 
 load_plugins()
 
@@ -18,4 +22,9 @@ def test_attention_contract(spec: Any, backend: str, check: Any) -> None:
 
 @parametrize_with_module_contract(registry.module_specs())
 def test_module_contract(spec: Any, check: Any) -> None:
+    check(spec)
+
+
+@parametrize_with_cache_contract(registry.cache_specs())
+def test_cache_contract(spec: Any, check: Any) -> None:
     check(spec)

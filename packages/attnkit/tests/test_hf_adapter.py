@@ -263,3 +263,27 @@ def test_uniform_head_outputs_mean_of_visible_values() -> None:
     # head 3 belongs to KV head 1 (4 query heads, 2 KV heads); causal: row t averages v[:t+1]
     expect = v[0, 1].cumsum(0) / torch.arange(1, 9)[:, None]
     torch.testing.assert_close(z[0, 3], expect, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["window", "sink_window", "h2o"])
+def test_cache_policy_through_patch_equals_reference_cache_attention(policy: str) -> None:
+    """attnkit.patch's attention with a policy == the cache module's own reference attention."""
+    from attnkit.cache import AttnkitCache, build_policy
+    from attnkit.cache.attention import REFERENCE_NAME, register_reference_attention
+
+    if policy not in {s.name for s in attnkit.list_specs("cache")}:
+        pytest.skip(f"cache policy {policy!r} not installed")
+    model = tiny_llama().double()
+    model.generation_config.eos_token_id = None
+    x = ids(batch=2, length=20)
+    register_reference_attention()
+    model.set_attn_implementation(REFERENCE_NAME)
+    ref_cache = AttnkitCache(build_policy(policy, budget=8), config=model.config)
+    want = model.generate(x, cache=ref_cache, max_new_tokens=6, do_sample=False)
+    model.set_attn_implementation("sdpa")
+    with attnkit.patch(model, "dense", cache=policy, cache_params={"budget": 8}) as session:
+        cache = session.new_cache()
+        got = model.generate(x, cache=cache, max_new_tokens=6, do_sample=False)
+        auto = model.generate(x, max_new_tokens=6, do_sample=False)  # the patch supplies a fresh cache
+    assert torch.equal(got, want) and torch.equal(auto, want)
+    assert cache.nbytes() == ref_cache.nbytes() < 26 * 2 * 2 * 16 * 8 * 2 * 2  # < full K/V bytes

@@ -210,7 +210,7 @@ def test_duplicate_spec_name_is_reported_broken_and_the_first_stays():
 
 def test_load_plugins_empty_loads_only_builtins(plugin_env):
     with plugin_env(ATTNKIT_LOAD_PLUGINS=""):
-        assert [s.name for s in registry] == ["dense", "mha"]
+        assert [s.name for s in registry] == ["dense", "full", "mha", "sink_window", "window"]
         assert all(p.builtin for p in get_plugins())
 
 

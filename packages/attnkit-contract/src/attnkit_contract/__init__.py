@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from attnkit_contract.cache_checks import CACHE_CHECKS, parametrize_with_cache_contract
     from attnkit_contract.checks import ATTENTION_CHECKS
     from attnkit_contract.harness import DEFAULT_TOLERANCES, ContractCase
     from attnkit_contract.mixin import AttentionContract
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTENTION_CHECKS",
+    "CACHE_CHECKS",
     "DEFAULT_TOLERANCES",
     "MODULE_CHECKS",
     "AttentionContract",
@@ -31,6 +33,7 @@ __all__ = [
     "ContractCase",
     "ContractFailure",
     "check_spec",
+    "parametrize_with_cache_contract",
     "parametrize_with_contract",
     "parametrize_with_module_contract",
     "run",
@@ -43,6 +46,8 @@ _WHERE = {
     "AttentionContract": "attnkit_contract.mixin",
     "parametrize_with_contract": "attnkit_contract.parametrize",
     "MODULE_CHECKS": "attnkit_contract.module_checks",
+    "CACHE_CHECKS": "attnkit_contract.cache_checks",
+    "parametrize_with_cache_contract": "attnkit_contract.cache_checks",
     "parametrize_with_module_contract": "attnkit_contract.module_checks",
     "CheckResult": "attnkit_contract.runner",
     "ContractFailure": "attnkit_contract.runner",

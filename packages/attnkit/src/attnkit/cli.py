@@ -37,6 +37,57 @@ def _version() -> str:
     return str(attnkit.__version__)
 
 
+def cmd_export_model(args: argparse.Namespace) -> int:
+    """``attnkit export --model smollm2 --attention SPEC OUT.onnx``: the patched model's prefill."""
+    import json
+    import logging
+    import warnings
+
+    if len(args.paths) != 1:
+        raise CLIError(
+            "with --model, give only the output path: attnkit export --model NAME [--attention SPEC] OUT.onnx"
+        )
+    out = os.fspath(args.paths[0])
+    spec = _lookup_spec(args.attention)
+    if spec.kind != "attention":
+        raise CLIError(f"--attention takes an attention spec; {spec.name!r} is a {spec.kind} spec")
+    params = dict(_parse_param(p) for p in args.param)
+    spec.make_params(**params)
+    from attnkit.export.model import export_model, latency
+    from attnkit.models import load
+
+    print(f"loading {args.model} ...", flush=True)
+    model, _ = load(args.model)
+    with warnings.catch_warnings():
+        if os.environ.get("ATTNKIT_DEBUG") != "1":
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        print(f"exporting with attention={spec.name} {params or ''} (dynamic batch and sequence axes) ...", flush=True)
+        report = export_model(model, out, attention=spec.name, attention_params=params)
+    print(
+        f"wrote {out}: {report.size_bytes / 2**20:.1f} MiB (graph + external weights), export took {report.export_seconds:.0f} s"
+    )
+    worst = 0.0
+    for n, err in report.max_abs_diff.items():
+        print(f"  onnxruntime vs torch logits at {n} tokens (traced at {report.trace_length}): max abs diff {err:.3g}")
+        worst = max(worst, err)
+    result = report.as_dict()
+    if args.latency:
+        lat = latency(model, out, length=args.latency, attention=spec.name, attention_params=params)
+        result["latency"] = lat
+        print(
+            f"  prefill latency at {args.latency} tokens, batch 1, {lat['threads']} threads, median of {lat['repeat']}: "
+            f"onnxruntime {lat['onnxruntime_ms']:.1f} ms, torch eager (patched) {lat['torch_ms']:.1f} ms, "
+            f"ratio {lat['onnxruntime_ms'] / lat['torch_ms']:.2f}x"
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    if worst > args.atol:
+        raise CLIError(f"exported graph differs from torch by {worst:.3g} > --atol {args.atol}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # attnkit plugins
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +306,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
 
 
+#: Benchmarks that span many specs rather than belonging to one.
+GROUP_BENCHES = {"cache": "attnkit.cache.bench:main"}
+
+
 def _bench_spec(name: str) -> Any:
     """The spec to benchmark: a spec called ``name``, or the benchmarked spec of plugin ``name``."""
     from attnkit import list_specs
@@ -284,8 +339,8 @@ def _bench_spec(name: str) -> Any:
 def cmd_bench(args: argparse.Namespace) -> int:
     from attnkit.registry import resolve
 
-    spec = _bench_spec(args.name)
-    fn = resolve(spec.bench)
+    target = GROUP_BENCHES.get(args.name) or _bench_spec(args.name).bench
+    fn = resolve(target)
     code = fn([a for a in args.bench_args if a != "--"])
     return int(code or 0)
 
@@ -328,6 +383,13 @@ def _test_shapes(trace: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        return cmd_export_model(args)
+    if len(args.paths) != 2:
+        raise CLIError(
+            "usage: attnkit export SPEC OUT.onnx, or attnkit export --model NAME [--attention SPEC] OUT.onnx"
+        )
+    args.spec, args.out = args.paths
     spec = _lookup_spec(args.spec)
     if spec.kind != "attention":
         raise CLIError(f"attnkit export takes an attention spec; {spec.name!r} is a {spec.kind} spec")
@@ -402,9 +464,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="benchmark options (--quick, --repeat N, ...)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("export", help="export an attention spec to ONNX and check it in onnxruntime")
-    p.add_argument("spec", help="attention spec name")
-    p.add_argument("out", help="output .onnx path")
+    p = sub.add_parser(
+        "export",
+        help="export an attention spec, or a model patched with one, to ONNX and check it in onnxruntime",
+        description="attnkit export SPEC OUT.onnx  |  attnkit export --model smollm2 --attention SPEC OUT.onnx",
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="[SPEC] OUT", help="attention spec and output path (only OUT with --model)"
+    )
+    p.add_argument("--model", default=None, help="export this embedded model (smollm2) patched with --attention")
+    p.add_argument("--attention", default="dense", help="attention spec the model runs (with --model; default dense)")
+    p.add_argument("--latency", type=int, default=0, metavar="T", help="with --model: time one prefill of T tokens")
+    p.add_argument("--json", default=None, metavar="PATH", help="with --model: write the report as JSON")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="spec parameter (repeatable)")
     p.add_argument("--shape", default="1,4,64,32", metavar="B,H,T,D", help="q shape to trace with (default 1,4,64,32)")
     p.add_argument("--kv-heads", type=int, default=None, metavar="N", help="k/v heads (GQA); default: as many as q")

@@ -40,7 +40,11 @@ __all__ = [
     "reset",
 ]
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("attnkit.default_plugins.dense", "attnkit.default_plugins.mha")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "attnkit.default_plugins.dense",
+    "attnkit.default_plugins.mha",
+    "attnkit.default_plugins.caches",
+)
 ENTRY_POINT_GROUP = "attnkit"
 REGISTRATION_HOOKS = ("attnkit_register_attention", "attnkit_register_caches", "attnkit_register_analyses")
 

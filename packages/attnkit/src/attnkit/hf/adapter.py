@@ -217,9 +217,15 @@ class Session:
         original = self.model.generate
         self._saved["generate"] = original
 
+        import transformers
+        from packaging.version import Version
+
+        # transformers 5 renamed generate's past_key_values= to cache=.
+        keyword = "cache" if Version(transformers.__version__).major >= 5 else "past_key_values"
+
         def generate(*args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("past_key_values") is None:
-                kwargs["past_key_values"] = self.new_cache()
+            if kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+                kwargs[keyword] = self.new_cache()
             return original(*args, **kwargs)
 
         self.model.generate = generate  # type: ignore[method-assign]
@@ -241,15 +247,17 @@ class Session:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             ids = kwargs.get("inputs_embeds")
-        t = int(ids.shape[1]) if ids is not None and ids.dim() >= 2 else 0
         past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         run = self.run
+        # No int() of the token count: under torch.export that would specialise the sequence axis.
         if past == 0:
             run.phase, run.step = "prefill", 0
         else:
-            run.phase, run.step = ("decode" if t == 1 else "prefill"), run.step + 1
+            run.phase, run.step = ("decode" if ids is not None and ids.shape[1] == 1 else "prefill"), run.step + 1
         positions = kwargs.get("cache_position")
-        run.positions = positions if positions is not None else torch.arange(past, past + t)
+        if positions is None and ids is not None and ids.dim() >= 2:
+            positions = torch.arange(ids.shape[1], device=ids.device) + past
+        run.positions = positions
 
     # -- attention ---------------------------------------------------------------------
     def attend(
@@ -268,24 +276,25 @@ class Session:
         if dropout and module.training:
             raise ValueError(f"attnkit kernels do not apply attention dropout; got dropout={dropout} in training mode")
         run = self.run
+        cache = self._cache_for(k)  # before any edit replaces k: the lookup is by identity
         q = run.visit("hook_q", layer, q)
         k = run.visit("hook_k", layer, k)
         v = run.visit("hook_v", layer, v)
-        cache = self.current_cache
-        if cache is not None and getattr(cache, "needs_queries", False):
-            cache.observe(layer, q, scaling if scaling is not None else q.shape[-1] ** -0.5)
         if mask is not None and mask.dtype != torch.bool:
             # An additive float mask (another mask function produced it): 0 = attend.
             mask = mask == 0
+        if cache is not None and getattr(cache, "needs_queries", False):
+            cache.observe(layer, q, scaling if scaling is not None else q.shape[-1] ** -0.5, mask)
         key_mask = cache.key_padding_mask(layer) if hasattr(cache, "key_padding_mask") else None
         if key_mask is not None:
             g = q.shape[1] // key_mask.shape[1]
             km = key_mask.repeat_interleave(g, dim=1)[:, :, None, :]  # (B, Hq, 1, Tk)
             mask = km if mask is None else (mask & km)
-        is_causal = bool(getattr(module, "is_causal", False)) and mask is None and q.shape[2] > 1
-        if mask is not None and bool(getattr(module, "is_causal", False)) and q.shape[2] > 1 and key_mask is not None:
-            # The key-padding mask replaced transformers' causal mask: AND causality back in.
-            is_causal = True
+        # Causal modules always pass is_causal (for a prompt): transformers' mask already holds
+        # causality when it is materialised (padding, or always while tracing), and ANDing it
+        # again is a no-op for dense attention, but a kernel such as causal neighborhood
+        # attention places its window differently when told the attention is causal.
+        is_causal = bool(getattr(module, "is_causal", False)) and bool(q.shape[2] > 1)
         explicit = run.wants_any(("hook_scores", "hook_pattern"), layer)
         if explicit and run.edits_any(("hook_scores", "hook_pattern"), layer):
             z = self._explicit(layer, q, k, v, mask, is_causal, scaling, run)
@@ -340,6 +349,16 @@ class Session:
         pattern = run.visit("hook_pattern", layer, pattern)
         out = torch.matmul(pattern.reshape(b, hkv, g, tq, tk), v.unsqueeze(2))
         return out.reshape(b, hq, tq, v.shape[-1])
+
+    def _cache_for(self, key: torch.Tensor) -> Any:
+        """The attnkit cache whose last ``update`` returned ``key`` (transformers does not pass
+        the cache to attention functions), else the one given to this forward call."""
+        from attnkit.cache.hf import AttnkitCache, active_cache
+
+        found = active_cache(key)
+        if found is not None:
+            return found[0]
+        return self.current_cache if isinstance(self.current_cache, AttnkitCache) else None
 
     def finish(self) -> dict[str, Any]:
         self.results = self.run.finish()
