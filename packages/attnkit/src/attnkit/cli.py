@@ -382,6 +382,12 @@ def _test_shapes(trace: tuple[int, ...]) -> list[tuple[int, ...]]:
     return [(b, h, *first, d), (b, h, *second, d)]
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from attnkit.mainjob import main as run_main
+
+    return int(run_main([a for a in args.run_args if a != "--"]) or 0)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     if args.model is not None:
         return cmd_export_model(args)
@@ -465,6 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
+        "run",
+        help="the main job: embedded model, needle prompts, every cache policy and analysis, report folder",
+        add_help=False,
+    )
+    p.add_argument("run_args", nargs=argparse.REMAINDER, help="options of attnkit run (attnkit run --help)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
         "export",
         help="export an attention spec, or a model patched with one, to ONNX and check it in onnxruntime",
         description="attnkit export SPEC OUT.onnx  |  attnkit export --model smollm2 --attention SPEC OUT.onnx",
@@ -488,7 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``attnkit`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["run"]:
+        # attnkit run owns its options (argparse would take --help for the top-level parser).
+        args = argparse.Namespace(command="run", run_args=argv[1:], func=cmd_run)
+    else:
+        args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

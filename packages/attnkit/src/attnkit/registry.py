@@ -390,12 +390,16 @@ class AnalysisSpec(Spec):
 
     :param sites: the capture / edit sites it needs (``"blocks.{l}.attn.hook_pattern"`` ...);
         only these pay for capture during a run.
+    :param main_job: ``"module:function"`` run by ``attnkit run``:
+        ``(job: attnkit.mainjob.JobContext) -> attnkit.mainjob.AnalysisOutcome`` (the analysis
+        over the job's cases, with its tables and figures for the report).
     """
 
     kind: ClassVar[str] = "analysis"
 
     factory: str | Callable[..., Any]
     sites: tuple[str, ...] = ()
+    main_job: str | None = None
 
 
 S = TypeVar("S", bound=Spec, contravariant=True)

@@ -1,0 +1,429 @@
+"""``attnkit run``: the main job on a real model.
+
+Loads the embedded model, builds needle-in-a-haystack prompts (about 2k tokens by default),
+runs every installed analysis that has a main-job entry (retrieval heads ...), answers each
+prompt with the full KV cache and with every installed cache policy at a budget (25% by
+default), and writes ``report.html`` (tables and plots) and ``results.json`` into a folder,
+printing a summary table.
+
+>>> from attnkit.mainjob import main
+>>> main(["--cases", "2", "--length", "512"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AnalysisOutcome", "JobContext", "greedy", "main", "word_recall"]
+
+
+@dataclass
+class JobContext:
+    """What an analysis' ``main_job`` function receives."""
+
+    model: Any
+    tokenizer: Any
+    model_name: str
+    cases: list[Any]
+    attention: str
+    attention_params: dict[str, Any]
+    out_dir: Path
+    seed: int = 0
+    max_new_tokens: int = 24
+    progress: bool = True
+
+
+@dataclass
+class AnalysisOutcome:
+    """What an analysis' ``main_job`` function returns for the report.
+
+    :ivar summary: numbers for ``results.json`` and the printed summary.
+    :ivar cache_params: parameters this analysis provides to cache policies, by policy name
+        (the retrieval-head-aware cache takes the detected heads from here).
+    """
+
+    name: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[Sequence[str], Sequence[Sequence[Any]]]] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    cache_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class PromptCase:
+    """A prompt without a needle (``--prompt-file``): answered, not scored."""
+
+    input_ids: list[int]
+    answer: str = ""
+    question: str = ""
+    length: int = 0
+    depth: float = float("nan")
+
+    def tensor(self) -> Any:
+        import torch
+
+        return torch.tensor([self.input_ids], dtype=torch.long)
+
+
+def word_recall(reference: str, prediction: str) -> float:
+    """ROUGE-1 recall on lower-cased words: share of the reference's words (with multiplicity)
+    found in the prediction."""
+    ref = re.findall(r"[a-z0-9]+", reference.lower())
+    pred = re.findall(r"[a-z0-9]+", prediction.lower())
+    if not ref:
+        return 0.0
+    pool: dict[str, int] = {}
+    for w in pred:
+        pool[w] = pool.get(w, 0) + 1
+    hit = 0
+    for w in ref:
+        if pool.get(w, 0) > 0:
+            pool[w] -= 1
+            hit += 1
+    return hit / len(ref)
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    for text in ("\n", ".\n"):
+        enc = tokenizer.encode(text, add_special_tokens=False)
+        if len(enc) == 1:
+            ids.add(enc[0])
+    return ids
+
+
+def greedy(model: Any, ids: Any, cache: Any, max_new_tokens: int, stop: set[int]) -> dict[str, Any]:
+    """Greedy decoding one forward at a time: generated ids and the prefill / decode seconds."""
+    import torch
+
+    out_ids: list[int] = []
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, cache=cache, use_cache=True)
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        steps = 0
+        while True:
+            token = int(out.logits[0, -1].argmax())
+            out_ids.append(token)
+            if token in stop or len(out_ids) >= max_new_tokens:
+                break
+            out = model(input_ids=torch.tensor([[token]]), cache=cache, use_cache=True)
+            steps += 1
+        decode = time.perf_counter() - t0
+    return {"ids": out_ids, "prefill_s": prefill, "decode_s": decode, "decode_steps": steps}
+
+
+def _cases(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Any], str]:
+    if args.prompt_file:
+        text = Path(args.prompt_file).read_text(encoding="utf-8")
+        msgs = [{"role": "user", "content": text}]
+        try:
+            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+        except (ValueError, AttributeError):
+            ids = tokenizer.encode(text)
+        return [PromptCase(input_ids=list(ids), length=len(ids))], f"prompt file {args.prompt_file}"
+    try:
+        from attnkit_retrieval_heads.needle import make_case
+    except ImportError:
+        raise SystemExit(
+            "attnkit run builds needle-in-a-haystack prompts with the attnkit-retrieval-heads plugin, "
+            "which is not installed: pip install attnkit-retrieval-heads, or pass --prompt-file"
+        ) from None
+    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [args.length]
+    cases = []
+    for i in range(args.cases):
+        length = lengths[i % len(lengths)]
+        depth = 50.0 if args.cases == 1 else 100.0 * i / (args.cases - 1)
+        cases.append(make_case(tokenizer, length=length, depth=depth, seed=args.seed + i))
+    return cases, "needle-in-a-haystack cases generated locally (attnkit-retrieval-heads)"
+
+
+def _policies(args: argparse.Namespace) -> list[str]:
+    import attnkit
+
+    installed = [s.name for s in attnkit.list_specs("cache") if s.name != "full"]
+    if args.cache in (None, "all"):
+        return installed
+    if args.cache == "none":
+        return []
+    names = [n for n in args.cache.split(",") if n]
+    for n in names:
+        attnkit.get_spec(n, "cache")  # unknown names raise, listing the installed ones
+    return [n for n in names if n != "full"]
+
+
+def _analyses(args: argparse.Namespace) -> list[Any]:
+    import attnkit
+
+    specs = [s for s in attnkit.list_specs("analysis") if getattr(s, "main_job", None)]
+    if args.analyses in (None, "all"):
+        return specs
+    if args.analyses == "none":
+        return []
+    wanted = [n for n in args.analyses.split(",") if n]
+    out = []
+    for n in wanted:
+        spec = attnkit.get_spec(n, "analysis")
+        if not getattr(spec, "main_job", None):
+            raise SystemExit(f"analysis {n!r} has no main-job entry; it can be used with attnkit.patch(analyses=[...])")
+        out.append(spec)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnkit run", description=(__doc__ or "").split("\n\n")[1].replace("\n", " ").replace("``", ""))
+    p.add_argument("--model", default="smollm2", help="embedded model (default smollm2)")
+    p.add_argument("--attention", default="dense", help="attention spec every layer runs (default dense)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="attention spec parameter")
+    p.add_argument("--cache", default="all", help="cache policies: all (default), none, or a comma list")
+    p.add_argument("--budget", type=float, default=0.25, help="cache budget, ratio of the prompt or tokens if >= 1")
+    p.add_argument("--analyses", default="all", help="analyses: all (default), none, or a comma list")
+    p.add_argument("--prompt-file", default=None, help="answer this prompt instead of generated needle cases")
+    p.add_argument("--cases", type=int, default=4, help="needle cases (default 4; depths spread over 0-100%%)")
+    p.add_argument("--length", type=int, default=2048, help="prompt tokens per case (default 2048)")
+    p.add_argument("--lengths", default=None, help="comma list of lengths to cycle through (e.g. 1000,2000,3000)")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="attnkit-report", help="report folder (default ./attnkit-report)")
+    p.add_argument("--quick", action="store_true", help="2 cases of 512 tokens: a smoke run")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if args.quick:
+        args.cases, args.length, args.lengths = 2, 512, None
+    if args.cases < 1:
+        raise SystemExit(f"--cases must be >= 1, got {args.cases}")
+    if args.budget <= 0:
+        raise SystemExit(f"--budget must be > 0 (a ratio in (0, 1] or a token count), got {args.budget}")
+    budget: float | int = args.budget if args.budget <= 1 else int(args.budget)
+
+    import torch
+    from tqdm.auto import tqdm
+
+    import attnkit
+    from attnkit.cli import _parse_param
+    from attnkit.models import load
+    from attnkit.report import Report, Section
+
+    progress = not args.no_progress
+    spec = attnkit.get_spec(args.attention, "attention")
+    params = dict(_parse_param(p) for p in args.param)
+    spec.make_params(**params)
+    policies = _policies(args)
+    analysis_specs = _analyses(args)
+    out_dir = Path(args.out)
+    report = Report(out_dir, f"attnkit run: {args.model}, attention={spec.name}")
+
+    t_start = time.perf_counter()
+    print(f"[1/4] loading {args.model} ...", flush=True)
+    model, tok = load(args.model)
+    print("[2/4] building prompts ...", flush=True)
+    cases, source = _cases(args, tok)
+    job = JobContext(
+        model=model,
+        tokenizer=tok,
+        model_name=args.model,
+        cases=cases,
+        attention=spec.name,
+        attention_params=params,
+        out_dir=out_dir,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        progress=progress,
+    )
+    from attnkit.registry import resolve
+
+    outcomes: list[AnalysisOutcome] = []
+    if analysis_specs:
+        print(f"[3/4] analyses: {', '.join(s.name for s in analysis_specs)}", flush=True)
+    for aspec in analysis_specs:
+        outcomes.append(resolve(aspec.main_job)(job))
+    cache_params: dict[str, dict[str, Any]] = {}
+    for o in outcomes:
+        for name, extra in o.cache_params.items():
+            cache_params.setdefault(name, {}).update(extra)
+
+    print(f"[4/4] answering {len(cases)} prompt(s) with the full cache and {len(policies)} policies ...", flush=True)
+    from transformers import DynamicCache
+
+    from attnkit.cache import AttnkitCache, build_policy
+
+    stop = _stop_ids(model, tok)
+    configs: list[tuple[str, Any]] = [("full", None), *((p, budget) for p in policies)]
+    rows: list[dict[str, Any]] = []
+    answers: dict[str, list[str]] = {}
+    bar = tqdm(total=len(configs) * len(cases), desc="answering", unit="prompt", disable=not progress)
+    with attnkit.patch(model, spec.name, attention_params=params):
+        # Warm-up (first-call allocations, kernel compilation) so the first policy timed is not penalised.
+        greedy(model, cases[0].tensor()[:, :64], DynamicCache(config=model.config), 2, set())
+        for name, b in configs:
+            per_case = []
+            for case in cases:
+                if name == "full":
+                    cache: Any = DynamicCache(config=model.config)
+                else:
+                    cache = AttnkitCache(
+                        build_policy(name, budget=b, **cache_params.get(name, {})), config=model.config
+                    )
+                r = greedy(model, case.tensor(), cache, args.max_new_tokens, stop)
+                text = tok.decode(r["ids"], skip_special_tokens=True).strip()
+                recall = word_recall(case.answer, text) if case.answer else float("nan")
+                per_case.append((r, text, recall, _kv_bytes(cache), len(case.input_ids)))
+                bar.update(1)
+            answers[name] = [t for _, t, _, _, _ in per_case]
+            scored = [rc for _, _, rc, _, _ in per_case if rc == rc]
+            decode_s = sum(r["decode_s"] for r, *_ in per_case)
+            steps = sum(r["decode_steps"] for r, *_ in per_case)
+            rows.append(
+                {
+                    "policy": name,
+                    "budget": b,
+                    "needle_accuracy": (sum(rc > 0.5 for rc in scored) / len(scored)) if scored else None,
+                    "mean_recall": statistics.fmean(scored) if scored else None,
+                    "decode_tokens_per_s": steps / decode_s if decode_s > 0 else None,
+                    "prefill_s": statistics.fmean(r["prefill_s"] for r, *_ in per_case),
+                    "kv_mib": statistics.fmean(kv for *_, kv, _ in per_case) / 2**20,
+                }
+            )
+    bar.close()
+    elapsed = time.perf_counter() - t_start
+
+    # -- report -----------------------------------------------------------------------
+    setup = Section(
+        "Setup",
+        paragraphs=[
+            f"Model {args.model}; attention spec {spec.name} {params or ''}; {len(cases)} prompt(s): {source}; "
+            f"prompt lengths {min(len(c.input_ids) for c in cases)}-{max(len(c.input_ids) for c in cases)} tokens; "
+            f"greedy, up to {args.max_new_tokens} new tokens; cache budget {budget} "
+            f"({'ratio of each prompt' if isinstance(budget, float) else 'tokens'}); "
+            f"{torch.get_num_threads()} threads; total {elapsed:.0f} s.",
+        ],
+    )
+    report.add(setup)
+    header = ["policy", "budget", "needle accuracy", "mean recall", "decode tok/s", "prefill s", "KV MiB"]
+    table_rows = [
+        [
+            r["policy"],
+            "-" if r["budget"] is None else r["budget"],
+            _opt(r["needle_accuracy"]),
+            _opt(r["mean_recall"]),
+            _opt(r["decode_tokens_per_s"]),
+            r["prefill_s"],
+            r["kv_mib"],
+        ]
+        for r in rows
+    ]
+    figs = _plot_policies(rows, out_dir)
+    report.add(
+        Section(
+            "KV-cache policies",
+            paragraphs=["Needle accuracy: share of answers whose word recall of the needle answer exceeds 0.5."],
+            tables=[(header, table_rows)],
+            figures=figs,
+        )
+    )
+    case0 = cases[0]
+    ans_rows = [[name, texts[0]] for name, texts in answers.items()]
+    report.add(
+        Section(
+            "First prompt's answers",
+            paragraphs=[f"Question: {case0.question or '(prompt file)'}; expected: {case0.answer or '-'}"],
+            tables=[(["policy", "answer"], ans_rows)],
+        )
+    )
+    for o in outcomes:
+        report.add(Section(f"Analysis: {o.name}", paragraphs=o.paragraphs, tables=o.tables, figures=o.figures))
+    report.results = {
+        "setup": {
+            "model": args.model,
+            "attention": spec.name,
+            "attention_params": params,
+            "budget": budget,
+            "cases": [
+                {"length": len(c.input_ids), "depth": getattr(c, "depth", None), "answer": c.answer} for c in cases
+            ],
+            "threads": torch.get_num_threads(),
+            "seconds": elapsed,
+        },
+        "policies": rows,
+        "answers": answers,
+        "analyses": {o.name: o.summary for o in outcomes},
+    }
+    path = report.write()
+
+    print()
+    print(f"{'policy':<24}{'budget':>8}{'needle acc':>12}{'recall':>8}{'decode tok/s':>14}{'KV MiB':>9}")
+    for r in rows:
+        bud = "-" if r["budget"] is None else str(r["budget"])
+        print(
+            f"{r['policy']:<24}{bud:>8}{_opt(r['needle_accuracy']):>12}{_opt(r['mean_recall']):>8}"
+            f"{_opt(r['decode_tokens_per_s']):>14}{r['kv_mib']:>9.1f}"
+        )
+    for o in outcomes:
+        if o.summary.get("headline"):
+            print(f"{o.name}: {o.summary['headline']}")
+    print(f"\nreport: {path}  (results: {path.parent / 'results.json'})")
+    return 0
+
+
+def _opt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _kv_bytes(cache: Any) -> int:
+    from attnkit.cache.bench import _nbytes
+
+    return _nbytes(cache)
+
+
+def _plot_policies(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    names = [r["policy"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    series = (
+        ("needle_accuracy", "needle accuracy"),
+        ("decode_tokens_per_s", "decode tokens / s"),
+        ("kv_mib", "KV cache MiB (end of generation)"),
+    )
+    for ax, (key, title) in zip(axes, series):
+        vals = [r[key] if r[key] is not None else 0.0 for r in rows]
+        ax.bar(range(len(names)), vals, color=["#555"] + ["#3b7dd8"] * (len(names) - 1))
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "policies.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

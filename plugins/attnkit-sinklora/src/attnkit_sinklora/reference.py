@@ -1,0 +1,113 @@
+"""Reference SF-Attn / S²-Attn in plain torch, in the blockwise form the paper describes.
+
+Tokens are cut into groups of ``G`` (after a front pad of ``shift`` tokens for shifted heads,
+so group ``j`` holds positions ``[j*G - shift, (j+1)*G - shift)``); each group attends to its
+own ``G`` keys plus the sink keys, concatenated in front of them. A sink key that lies in the
+query's own group is masked in the sink part so it is not counted twice. Cost is
+``O(T * (G + n_sink) * D)``, not ``O(T^2)``.
+
+Differentiable and float64-capable (computes in float32, float64 for float64 inputs); GQA
+without copying k/v to ``Hq`` heads: q is viewed as ``(B, Hkv, Hq/Hkv, T, D)``.
+
+Shape legend: ``q (B, Hq, T, D)``, ``k (B, Hkv, T, D)``, ``v (B, Hkv, T, Dv)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from attnkit.reference.dense import work_dtype
+from attnkit_sinklora.params import SFAttnParams, group_size, shift_of_head
+
+__all__ = ["sf_attention", "sf_attention_shift"]
+
+
+def sf_attention_shift(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, g: int, shift: int, n_sink: int, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise attention for one shift, every head: ``(out, lse)`` in ``q``'s dtype.
+
+    :param q: ``(B, Hkv, R, T, D)`` (``R = Hq / Hkv`` query heads per kv head).
+    :param k: ``(B, Hkv, T, D)``; ``v`` ``(B, Hkv, T, Dv)``.
+    :returns: ``out (B, Hkv, R, T, Dv)``, ``lse (B, Hkv, R, T)``.
+    """
+    t = q.shape[-2]
+    n_groups = -(-(t + shift) // g)
+    back = n_groups * g - t - shift
+    dev = q.device
+    # (B, Hkv, [R,] nG, G, D) views of the padded sequences
+    qb = F.pad(q, (0, 0, shift, back)).unflatten(-2, (n_groups, g))
+    kb = F.pad(k, (0, 0, shift, back)).unflatten(-2, (n_groups, g)).unsqueeze(2)
+    vb = F.pad(v, (0, 0, shift, back)).unflatten(-2, (n_groups, g)).unsqueeze(2)
+    pos = (torch.arange(n_groups * g, device=dev) - shift).view(n_groups, g)
+    real = (pos >= 0) & (pos < t)
+    local_ok = real[:, None, :].expand(n_groups, g, g)
+    if causal:
+        local_ok = local_ok & torch.ones(g, g, dtype=torch.bool, device=dev).tril()
+    # Padded query rows are discarded; letting them see every key keeps their softmax finite,
+    # so no NaN reaches the backward pass.
+    local_ok = local_ok | ~real[:, :, None]
+    scores = torch.matmul(qb, kb.transpose(-1, -2)) * scale  # (B, Hkv, R, nG, G, G)
+    scores = scores.masked_fill(~local_ok, float("-inf"))
+    ns = min(n_sink, t)
+    if ns > 0:
+        sink_group = (torch.arange(ns, device=dev) + shift) // g
+        blk = torch.arange(n_groups, device=dev)[:, None]
+        # Causal: a sink outside the query's group precedes it iff its group comes first.
+        sink_ok = sink_group[None, :] < blk if causal else sink_group[None, :] != blk
+        sink_ok = sink_ok[:, None, :] & real[:, :, None]
+        ks, vs = k[..., :ns, :].unsqueeze(2), v[..., :ns, :].unsqueeze(2)  # (B, Hkv, 1, ns, D)
+        s_sink = torch.matmul(qb.flatten(-3, -2), ks.transpose(-1, -2)).unflatten(-2, (n_groups, g)) * scale
+        s_sink = s_sink.masked_fill(~sink_ok, float("-inf"))
+        scores = torch.cat([s_sink, scores], dim=-1)
+    lse = torch.logsumexp(scores, dim=-1)  # every real query sees itself: never empty
+    probs = torch.exp(scores - lse[..., None])
+    out = torch.matmul(probs[..., ns:], vb)
+    if ns > 0:
+        out = out + torch.matmul(probs[..., :ns].flatten(-3, -2), vs).unflatten(-2, (n_groups, g))
+    out = out.flatten(-3, -2)[..., shift : shift + t, :]
+    lse = lse.flatten(-2, -1)[..., shift : shift + t]
+    return out, lse
+
+
+def sf_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    params: SFAttnParams,
+    is_causal: bool | tuple[bool, ...],
+    scale: float,
+    return_lse: bool,
+    **_: Any,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SF-Attn (or S²-Attn with ``params.shifted``), blockwise in plain torch.
+
+    :param q: ``(B, Hq, T, D)``; ``k`` ``(B, Hkv, T, D)``; ``v`` ``(B, Hkv, T, Dv)``.
+    :returns: ``out (B, Hq, T, Dv)`` in ``q.dtype`` (and ``lse (B, Hq, T)``, float32 or
+        float64).
+    """
+    causal = bool(is_causal[0]) if isinstance(is_causal, tuple) else bool(is_causal)
+    b, hq, t, d = q.shape
+    hkv, dv = k.shape[1], v.shape[-1]
+    r = hq // hkv
+    wd = work_dtype(q.dtype)
+    g = group_size(params, t)
+    qf = q.to(wd).reshape(b, hkv, r, t, d)
+    kf, vf = k.to(wd), v.to(wd)
+    kw: dict[str, Any] = {"g": g, "n_sink": params.n_sink, "causal": causal, "scale": scale}
+    out, lse = sf_attention_shift(qf, kf, vf, shift=0, **kw)
+    shifts = [shift_of_head(params, h, hq, g) for h in range(hq)]
+    if any(shifts):
+        # Heads split between two shifts: compute the shifted layout too and pick per head.
+        out_s, lse_s = sf_attention_shift(qf, kf, vf, shift=max(shifts), **kw)
+        pick = torch.tensor(shifts, device=q.device).ne(0).view(hkv, r)
+        out = torch.where(pick[..., None, None], out_s, out)
+        lse = torch.where(pick[..., None], lse_s, lse)
+    out = out.reshape(b, hq, t, dv).to(q.dtype)
+    if return_lse:
+        return out, lse.reshape(b, hq, t)
+    return out
