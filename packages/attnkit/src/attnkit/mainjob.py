@@ -188,7 +188,9 @@ def _analyses(args: argparse.Namespace) -> list[Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnkit run", description=(__doc__ or "").split("\n\n")[1].replace("\n", " ").replace("``", ""))
+    p = argparse.ArgumentParser(
+        prog="attnkit run", description=(__doc__ or "").split("\n\n")[1].replace("\n", " ").replace("``", "")
+    )
     p.add_argument("--model", default="smollm2", help="embedded model (default smollm2)")
     p.add_argument("--attention", default="dense", help="attention spec every layer runs (default dense)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="attention spec parameter")
