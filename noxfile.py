@@ -175,6 +175,14 @@ def docs(session: nox.Session) -> None:
     session.run("python", "tools/run_doc_examples.py", *_existing(*pages), *session.posargs)
 
 
+@nox.session(name="run", default=False)
+def run_job(session: nox.Session) -> None:
+    """The main job: `attnkit run` on SmolLM2 (needle prompts, every cache policy, retrieval heads, report)."""
+    _install(session, f"{CORE}[smollm2,report]", *(_plugin_dir(s) for s in PLUGINS))
+    _install_models(session)
+    session.run("attnkit", "run", *session.posargs)
+
+
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """The main job: 2D neighborhood attention on a real digit image (python tools/demo.py)."""

@@ -9,32 +9,12 @@ transformers = pytest.importorskip("transformers")
 
 import attnkit  # noqa: E402
 from attnkit.runtime import ActivationPatch, Capture, HeadEdit, PatternRedistribute, ScoreEdit  # noqa: E402
-
-VOCAB = 97
+from attnkit.testing import TINY_VOCAB as VOCAB  # noqa: E402
+from attnkit.testing import tiny_causal_lm  # noqa: E402
 
 
 def tiny_llama(impl: str = "sdpa", seed: int = 0, model_type: str = "llama") -> torch.nn.Module:
-    torch.manual_seed(seed)
-    kwargs = {
-        "vocab_size": VOCAB,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-    }
-    if model_type == "mistral":
-        config = transformers.MistralConfig(**kwargs, sliding_window=None)
-        model = transformers.MistralForCausalLM(config)
-    elif model_type == "qwen2":
-        config = transformers.Qwen2Config(**kwargs)
-        model = transformers.Qwen2ForCausalLM(config)
-    else:
-        config = transformers.LlamaConfig(**kwargs)
-        model = transformers.LlamaForCausalLM(config)
-    model.set_attn_implementation(impl)
-    return model.eval()
+    return tiny_causal_lm(impl=impl, seed=seed, model_type=model_type)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,8 @@ class AnalysisOutcome:
 
     :ivar summary: numbers for ``results.json`` and the printed summary.
     :ivar cache_params: parameters this analysis provides to cache policies, by policy name
-        (the retrieval-head-aware cache takes the detected heads from here).
+        (the retrieval-head-aware cache takes the detected heads from here): a dict merged
+        with ``{"budget": budget}``, or ``(case, budget) -> dict`` giving all of them.
     """
 
     name: str
@@ -260,10 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[3/4] analyses: {', '.join(s.name for s in analysis_specs)}", flush=True)
     for aspec in analysis_specs:
         outcomes.append(resolve(aspec.main_job)(job))
-    cache_params: dict[str, dict[str, Any]] = {}
+    cache_params: dict[str, Any] = {}
     for o in outcomes:
         for name, extra in o.cache_params.items():
-            cache_params.setdefault(name, {}).update(extra)
+            if callable(extra):
+                cache_params[name] = extra
+            else:
+                cache_params.setdefault(name, {}).update(extra)
 
     print(f"[4/4] answering {len(cases)} prompt(s) with the full cache and {len(policies)} policies ...", flush=True)
     from transformers import DynamicCache
@@ -284,9 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name == "full":
                     cache: Any = DynamicCache(config=model.config)
                 else:
-                    cache = AttnkitCache(
-                        build_policy(name, budget=b, **cache_params.get(name, {})), config=model.config
-                    )
+                    extra = cache_params.get(name, {})
+                    kw = extra(case, b) if callable(extra) else {"budget": b, **extra}
+                    cache = AttnkitCache(build_policy(name, **kw), config=model.config)
                 r = greedy(model, case.tensor(), cache, args.max_new_tokens, stop)
                 text = tok.decode(r["ids"], skip_special_tokens=True).strip()
                 recall = word_recall(case.answer, text) if case.answer else float("nan")

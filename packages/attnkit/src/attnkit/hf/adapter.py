@@ -345,7 +345,8 @@ class Session:
             allowed = allowed & spec_mask.to(q.device)
         scores = scores.masked_fill(~allowed, float("-inf"))
         scores = run.visit("hook_scores", layer, scores)
-        pattern = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)  # empty rows -> 0
+        work = torch.promote_types(scores.dtype, torch.float32)  # float32 at least, float64 stays
+        pattern = torch.softmax(scores.to(work), dim=-1).nan_to_num(0.0).to(q.dtype)  # empty rows -> 0
         pattern = run.visit("hook_pattern", layer, pattern)
         out = torch.matmul(pattern.reshape(b, hkv, g, tq, tk), v.unsqueeze(2))
         return out.reshape(b, hq, tq, v.shape[-1])

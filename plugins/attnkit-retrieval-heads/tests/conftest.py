@@ -1,0 +1,22 @@
+"""Puts this folder on sys.path for the helper module ``_retrieval_helpers``, and runs every
+test with one intra-op thread (on a shared, loaded machine spinning OpenMP workers make the
+small matmuls of these models far slower)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
