@@ -84,7 +84,7 @@ def test_info_unknown_name_lists_the_names():
 
 def test_bench_unknown_name_lists_benchmarks():
     proc = attnkit("bench", "nope")
-    assert proc.returncode != 0 and "benchmarks: neighborhood" in proc.stderr
+    assert proc.returncode != 0 and "benchmarks: cache" in proc.stderr and "neighborhood" in proc.stderr
 
 
 def test_bench_neighborhood_quick(tmp_path: Path):

@@ -332,7 +332,7 @@ def _bench_spec(name: str) -> Any:
         return candidates[0]
     if len(candidates) > 1:
         raise CLIError(f"plugin {name!r} has several benchmarks; name one: {', '.join(s.name for s in candidates)}")
-    have = ", ".join(s.name for s in with_bench) or "none installed"
+    have = ", ".join([*GROUP_BENCHES, *(s.name for s in with_bench)])
     raise CLIError(f"unknown spec or plugin {name!r} (or it has no benchmark); benchmarks: {have}")
 
 
