@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from _oracle import dense_oracle, inputs
+from _sinklora_oracle import dense_oracle, inputs
 
 from attnkit.registry import CallInfo, choose
 from attnkit_sinklora import SF_ATTN, cpu

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _oracle import dense_oracle, inputs
+from _sinklora_oracle import dense_oracle, inputs
 
 from attnkit import CallInfo
 from attnkit_sinklora import SF_ATTN

@@ -13,7 +13,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-from _oracle import dense_oracle, inputs
+from _sinklora_oracle import dense_oracle, inputs
 
 from attnkit.export import AttentionModule, run_onnx, to_onnx
 from attnkit_sinklora.params import SFAttnParams

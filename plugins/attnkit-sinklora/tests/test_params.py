@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _oracle import inputs
+from _sinklora_oracle import inputs
 
 from attnkit_sinklora import SF_ATTN
 from attnkit_sinklora.params import SFAttnParams, contract_params

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from _oracle import dense_oracle, inputs
+from _sinklora_oracle import dense_oracle, inputs
 
 from attnkit import CallInfo
 from attnkit_sinklora import SF_ATTN, gpu
