@@ -129,7 +129,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": None,
         "cpu_count": os.cpu_count(),
         "cpu": _cpu_model(),
         "python": platform.python_version(),
@@ -144,6 +144,9 @@ def environment() -> dict[str, Any]:
         info["numba_threads"] = numba.get_num_threads()
     except ImportError:
         pass
+    # Read after numba: starting numba's OpenMP threading layer can change the process's
+    # OpenMP thread count, which torch reports.
+    info["torch_threads"] = torch.get_num_threads()
     return info
 
 
