@@ -115,9 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from transformers import DynamicCache
 
             return DynamicCache(config=model.config)
-        params = dict(extra.get(name, {}))
-        if budget is not None:
-            params["budget"] = budget
+        params: dict[str, Any] = {} if budget is None else {"budget": budget}
+        params.update(extra.get(name, {}))  # --policy-param wins, budget included
         return AttnkitCache(build_policy(name, **params), config=model.config)
 
     rows: dict[tuple[str, float | None], dict[str, Any]] = {}
