@@ -194,6 +194,11 @@ def test_from_pretrained_copies_weights_and_starts_at_unit_gates():
     # All heads shared: the converted module is the MHA layer.
     full = from_pretrained_attention("moh", mha, shared_heads=8, top_k=0)
     torch.testing.assert_close(full(x), mha(x), atol=TOL, rtol=0)
+
+
+def test_from_pretrained_refuses_another_kernel():
+    pytest.importorskip("attnkit_neighborhood")  # a second kernel to refuse; absent in plugin-moh alone
+    config = ModuleConfig(dim=32, heads=8)
     with pytest.raises(ValueError, match="kernel"):
         from_pretrained_attention("moh", MultiHeadAttention(config, kernel="neighborhood"), shared_heads=2, top_k=3)
 
@@ -209,6 +214,7 @@ def test_auto_path_gathers_in_eager_and_masks_under_export():
 
 
 def test_other_kernel_runs_masked_path():
+    pytest.importorskip("attnkit_neighborhood")  # a second kernel; absent in plugin-moh alone
     module = _module(shared_heads=2, top_k=3, kernel="neighborhood", kernel_params={"kernel_size": 5}).eval()
     assert module.choose_path() == "masked"
     x = _x(t=12)
