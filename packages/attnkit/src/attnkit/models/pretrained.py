@@ -115,9 +115,9 @@ def _offline() -> None:
 
 
 def _converted(name: str, source: Path) -> Path:
-    """Cache folder for the de-quantised copy, keyed by the source file's size and mtime."""
-    stat = source.stat()
-    return cache_dir() / f"{name}-v{_CACHE_VERSION}-{stat.st_size}-{int(stat.st_mtime)}"
+    """Cache folder for the de-quantised copy, keyed by the source file's name and size (not
+    its mtime: every virtual environment installs its own copy of the same file)."""
+    return cache_dir() / f"{name}-v{_CACHE_VERSION}-{source.stem}-{source.stat().st_size}"
 
 
 def load(
