@@ -320,21 +320,9 @@ def cache_contract_params(specs: Iterable[Any]) -> list[Any]:
     """The ``pytest.param`` list behind :func:`parametrize_with_cache_contract`: values
     ``(spec, check_function)``, ids ``<spec>-<check>``, strict xfails from the spec's
     ``expected_failed_checks``."""
-    from attnkit_contract.runner import expected_failure
+    from attnkit_contract.runner import spec_check_params
 
-    params = []
-    for spec in specs:
-        if getattr(spec, "kind", None) != "cache":
-            raise TypeError(f"parametrize_with_cache_contract takes cache specs, got {spec!r}")
-        for name, fn in CACHE_CHECKS.items():
-            marks: list[Any] = [
-                pytest.mark.attnkit_contract(spec=spec.name, plugin=spec.plugin, backend=CACHE_BACKEND, check=name)
-            ]
-            reason = expected_failure(spec, CACHE_BACKEND, name)
-            if reason is not None:
-                marks.append(pytest.mark.xfail(strict=True, reason=reason))
-            params.append(pytest.param(spec, fn, id=f"{spec.name}-{name}", marks=marks))
-    return params
+    return spec_check_params(specs, "cache", CACHE_CHECKS, CACHE_BACKEND, "parametrize_with_cache_contract")
 
 
 def parametrize_with_cache_contract(specs: Iterable[Any]) -> Callable[[F], F]:

@@ -165,3 +165,25 @@ def run(plugin: str | None = None, pytest_args: Sequence[str] = ()) -> int:
         # Without autoload the pytest11 entry point is not read; name the plugin module.
         args += ["-p", "attnkit_contract.plugin"]
     return int(pytest.main([*args, *pytest_args]))
+
+
+def spec_check_params(specs: Any, kind: str, checks: Any, backend: str, caller: str) -> list[Any]:
+    """``pytest.param((spec, check_function))`` for every spec of ``kind`` and every check, with
+    ids ``<spec>-<check>``, the ``attnkit_contract`` marker, and strict xfails from the spec's
+    ``expected_failed_checks`` (filed under ``backend``). Module and cache contracts share it.
+
+    :raises TypeError: naming ``caller`` for a spec of another kind.
+    """
+    params = []
+    for spec in specs:
+        if getattr(spec, "kind", None) != kind:
+            raise TypeError(f"{caller} takes {kind} specs, got {spec!r}")
+        for name, fn in checks.items():
+            marks: list[Any] = [
+                pytest.mark.attnkit_contract(spec=spec.name, plugin=spec.plugin, backend=backend, check=name)
+            ]
+            reason = expected_failure(spec, backend, name)
+            if reason is not None:
+                marks.append(pytest.mark.xfail(strict=True, reason=reason))
+            params.append(pytest.param(spec, fn, id=f"{spec.name}-{name}", marks=marks))
+    return params

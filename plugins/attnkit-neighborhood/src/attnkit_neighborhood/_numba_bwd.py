@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from attnkit_neighborhood._numba_exp import FASTMATH, exp_into
+from attnkit.kernels.numba_exp import FASTMATH, exp_into
 from attnkit_neighborhood._numba_fwd import gather_rows, tile_span
 
 

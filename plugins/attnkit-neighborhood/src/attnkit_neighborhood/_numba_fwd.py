@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from attnkit_neighborhood._numba_exp import FASTMATH, exp_into
+from attnkit.kernels.numba_exp import FASTMATH, exp_into
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")

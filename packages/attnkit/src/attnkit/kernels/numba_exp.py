@@ -1,4 +1,4 @@
-"""Vectorisable ``exp`` for the numba kernels (private).
+"""Vectorisable ``exp`` for numba kernels (needs numba; shared by the plugins' CPU backends).
 
 numba lowers ``np.exp`` to one scalar libm call per element (no vector math library is
 linked), which costs more than a logit row's dot products. This exp is plain arithmetic that
