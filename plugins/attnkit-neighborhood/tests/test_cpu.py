@@ -25,7 +25,7 @@ st = hypothesis.strategies
 
 SPEC = attnkit.get_spec("neighborhood")
 
-_reason = cpu.can_run(CallInfo(device=torch.device("cpu"), dtype=torch.float64))
+_reason = SPEC.backend("numba").reason_not_to_run(CallInfo(device=torch.device("cpu"), dtype=torch.float64))
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"numba backend unavailable: {_reason}")
 
 # (token axes, kernel_size, dilation, is_causal, Hq, Hkv): odd/even kernels, dilation groups of
@@ -183,10 +183,13 @@ def test_concurrent_calls_from_python_threads():
 
 
 def test_can_run():
-    assert cpu.can_run(CallInfo(device=torch.device("cpu"), dtype=torch.float32)) is None
-    assert cpu.can_run(CallInfo(device=torch.device("cpu"), dtype=torch.float64, requires_grad=True)) is None
-    assert "float16" in cpu.can_run(CallInfo(device=torch.device("cpu"), dtype=torch.float16))
-    assert "cuda" in cpu.can_run(CallInfo(device=torch.device("cuda"), dtype=torch.float32))
+    numba = SPEC.backend("numba")
+    assert numba.reason_not_to_run(CallInfo(device=torch.device("cpu"), dtype=torch.float32)) is None
+    assert (
+        numba.reason_not_to_run(CallInfo(device=torch.device("cpu"), dtype=torch.float64, requires_grad=True)) is None
+    )
+    assert "float16" in numba.reason_not_to_run(CallInfo(device=torch.device("cpu"), dtype=torch.float16))
+    assert "cuda" in numba.reason_not_to_run(CallInfo(device=torch.device("cuda"), dtype=torch.float32))
 
 
 def test_bad_inputs_raise():
@@ -198,7 +201,7 @@ def test_bad_inputs_raise():
         cpu.neighborhood_attention(q, k.double(), v, **call)
     with pytest.raises(ValueError, match="axis 0 has size 8 but kernel_size=5, dilation=2"):
         cpu.neighborhood_attention(q, k, v, **{**call, "params": NeighborhoodParams(5, 2)})
-    with pytest.raises(ValueError, match="multiple of k/v heads"):
+    with pytest.raises(ValueError, match="multiple of the key/value heads"):
         cpu.neighborhood_attention(q[:, :1], k.expand(-1, 2, -1, -1), v.expand(-1, 2, -1, -1), **call)
     with pytest.raises(ValueError, match="token axes"):
         cpu.neighborhood_attention(q, k[:, :, :6], v[:, :, :6], **call)

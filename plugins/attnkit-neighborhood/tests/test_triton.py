@@ -63,7 +63,7 @@ def _oracle(q, k, v, params, is_causal, scale):
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
     # 16-wide tiles make the tiny inputs span several query and key tiles.
-    monkeypatch.setattr(gpu, "INTERPRETER_BLOCKS", (16, 16))
+    monkeypatch.setattr(gpu.TRITON, "interpreter_blocks", (16, 16))
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -73,7 +73,7 @@ def test_forward_lse_and_gradients_match_brute_force(name):
 
 def test_default_tiles(monkeypatch):
     # The tile sizes launches use outside these tests, with tokens crossing a tile border.
-    monkeypatch.setattr(gpu, "INTERPRETER_BLOCKS", (64, 64))
+    monkeypatch.setattr(gpu.TRITON, "interpreter_blocks", (64, 64))
     _check_against_brute_force((1, 2, 70, 16), 1, 16, 7, 2, False)
 
 
@@ -121,13 +121,13 @@ def _call(device="cpu", dtype=torch.float32, head_dim=16):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU/interpreter rules")
 def test_can_run_on_cpu_only_under_the_interpreter(monkeypatch):
-    assert gpu.can_run(_call()) is None
-    assert "bfloat16" in gpu.can_run(_call(dtype=torch.bfloat16))
-    assert "head dim 512" in gpu.can_run(_call(head_dim=512))
+    assert gpu.TRITON.can_run(_call()) is None
+    assert "bfloat16" in gpu.TRITON.can_run(_call(dtype=torch.bfloat16))
+    assert "head dim 512" in gpu.TRITON.can_run(_call(head_dim=512))
     # As if the kernels were not imported yet and the interpreter was off.
     monkeypatch.delitem(sys.modules, "attnkit_neighborhood._triton_kernels", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert "TRITON_INTERPRET=1" in gpu.can_run(_call())
+    assert "TRITON_INTERPRET=1" in gpu.TRITON.can_run(_call())
 
 
 def test_can_run_reports_missing_triton(monkeypatch):
@@ -135,4 +135,4 @@ def test_can_run_reports_missing_triton(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
-    assert "triton is not installed" in gpu.can_run(_call())
+    assert "triton is not installed" in gpu.TRITON.can_run(_call())

@@ -9,13 +9,13 @@ from _sinklora_oracle import dense_oracle, inputs
 
 from attnkit import CallInfo
 from attnkit_sinklora import SF_ATTN
-from attnkit_sinklora.flex import can_run, mask_mod
+from attnkit_sinklora.flex import mask_mod
 from attnkit_sinklora.masks import brute_force_mask
 from attnkit_sinklora.params import SFAttnParams, group_size, shift_of_head
 
 
 def _skip_if_refused() -> None:
-    reason = can_run(CallInfo(device=torch.device("cpu"), dtype=torch.float32))
+    reason = SF_ATTN.backend("flex").reason_not_to_run(CallInfo(device=torch.device("cpu"), dtype=torch.float32))
     if reason is not None:
         pytest.skip(reason)
 
@@ -48,6 +48,10 @@ def test_mask_mod_equals_brute_force(causal: bool) -> None:
 
 def test_refuses_float64_lse_and_grad_on_cpu() -> None:
     cpu = torch.device("cpu")
-    assert "float64" in (can_run(CallInfo(device=cpu, dtype=torch.float64)) or "")
-    assert "log-sum-exp" in (can_run(CallInfo(device=cpu, dtype=torch.float32, return_lse=True)) or "")
-    assert "requires grad" in (can_run(CallInfo(device=cpu, dtype=torch.float32, requires_grad=True)) or "")
+    assert "float64" in (SF_ATTN.backend("flex").reason_not_to_run(CallInfo(device=cpu, dtype=torch.float64)) or "")
+    assert "log-sum-exp" in (
+        SF_ATTN.backend("flex").reason_not_to_run(CallInfo(device=cpu, dtype=torch.float32, return_lse=True)) or ""
+    )
+    assert "requires grad" in (
+        SF_ATTN.backend("flex").reason_not_to_run(CallInfo(device=cpu, dtype=torch.float32, requires_grad=True)) or ""
+    )

@@ -30,11 +30,11 @@ CASES = {
 
 @pytest.fixture(autouse=True)
 def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gpu, "INTERPRETER_BLOCKS", (16, 16))
+    monkeypatch.setattr(gpu.TRITON, "interpreter_blocks", (16, 16))
 
 
 def _refusal() -> str | None:
-    return gpu.can_run(CallInfo(device=DEVICE, dtype=torch.float32, q_shape=(1, 2, 16, 16)))
+    return gpu.TRITON.can_run(CallInfo(device=DEVICE, dtype=torch.float32, q_shape=(1, 2, 16, 16)))
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -8,7 +8,8 @@ backend); the harness times every variant the same way, in one process, and repo
 * a float32 matmul GFLOP/s probe measured in the same run, so "fraction of matmul" compares
   against what this machine does right now, not a datasheet number;
 * per variant the median of ``--repeat`` timed calls after warm-up (``time.perf_counter``),
-  useful GFLOP/s and the fraction of the matmul probe; per case the ratios asked for;
+  useful GFLOP/s and the fraction of the matmul probe; per case the ratios asked for. The
+  variants of a case are timed interleaved: one call of each per round, ``--repeat`` rounds;
 * an aligned table on the terminal, JSON with ``--json PATH``, a tqdm bar over cases.
 
 A variant that fails (import error, unsupported shape, out of memory) becomes one ``failed``
@@ -287,39 +288,60 @@ class Bench:
         bar = tqdm(chosen, desc=self.title, unit="case", disable=self.args.no_progress, file=sys.stderr, leave=False)
         for case in bar:
             bar.set_postfix_str(case.name)
-            for variant in case.variants:
-                self.results.append(self._run_variant(case, variant))
-                gc.collect()  # drop the previous variant's inputs / masks before the next one
+            self.results.extend(self._run_case(case))
+            gc.collect()  # drop this case's inputs / masks before the next one
         bar.close()
         self.report()
         if self.args.json is not None:
             self.write_json(self.args.json)
         return self.results
 
-    def _run_variant(self, case: Case, variant: Variant) -> Result:
+    def _run_case(self, case: Case) -> list[Result]:
+        """Set every variant up and warm it, then time them in rounds, one call of each per
+        round, starting each round one variant later: a slow spell of a shared machine then
+        falls on every variant alike instead of on whichever ran during it."""
         import torch
 
-        row = Result(case=case.name, variant=variant.name, status="ok", note=variant.note, info=dict(case.info))
-        fn = None
-        try:
-            with torch.set_grad_enabled(variant.grad):
-                fn = variant.setup()
-                timing = time_fn(fn, warmup=self.warmup, repeat=self.repeat)
-        except Skip as exc:
-            row.status, row.error = "skipped", str(exc)
-            return row
-        except Exception as exc:  # one failed row, never a crashed benchmark
-            row.status, row.error = "failed", _short(exc)
-            return row
-        finally:
-            del fn
-        row.median_s, row.best_s, row.times_s = timing.median, timing.best, list(timing.times)
-        flops = variant.flops if variant.flops is not None else case.flops
-        if flops > 0:
-            row.gflops = flops / timing.median / 1e9
-            if self.probe.get("gflops"):
-                row.matmul_fraction = row.gflops / self.probe["gflops"]
-        return row
+        rows: list[Result] = []
+        ready: list[tuple[Variant, Result, Callable[[], Any]]] = []
+        for variant in case.variants:
+            row = Result(case=case.name, variant=variant.name, status="ok", note=variant.note, info=dict(case.info))
+            rows.append(row)
+            try:
+                with torch.set_grad_enabled(variant.grad):
+                    fn = variant.setup()
+                    for _ in range(self.warmup):
+                        fn()
+            except Skip as exc:
+                row.status, row.error = "skipped", str(exc)
+                continue
+            except Exception as exc:  # one failed row, never a crashed benchmark
+                row.status, row.error = "failed", _short(exc)
+                continue
+            ready.append((variant, row, fn))
+        for r in range(self.repeat):
+            shift = r % len(ready) if ready else 0
+            for variant, row, fn in ready[shift:] + ready[:shift]:
+                if row.status != "ok":
+                    continue
+                try:
+                    with torch.set_grad_enabled(variant.grad):
+                        t0 = time.perf_counter()
+                        fn()
+                        row.times_s.append(time.perf_counter() - t0)
+                except Exception as exc:
+                    row.status, row.error, row.times_s = "failed", _short(exc), []
+        del ready
+        for variant, row in zip(case.variants, rows):
+            if row.status != "ok":
+                continue
+            row.median_s, row.best_s = statistics.median(row.times_s), min(row.times_s)
+            flops = variant.flops if variant.flops is not None else case.flops
+            if flops > 0:
+                row.gflops = flops / row.median_s / 1e9
+                if self.probe.get("gflops"):
+                    row.matmul_fraction = row.gflops / self.probe["gflops"]
+        return rows
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -355,7 +377,7 @@ class Bench:
         )
         self._print(
             f"matmul probe: float32 {probe['size']}x{probe['size']} = {probe['gflops']:.1f} GFLOP/s | "
-            f"median of {self.repeat} after {self.warmup} warm-up"
+            f"median of {self.repeat} interleaved rounds after {self.warmup} warm-up"
         )
         headers = ["case", "variant", "status", "median ms", "GFLOP/s", "% matmul"]
         rows = []

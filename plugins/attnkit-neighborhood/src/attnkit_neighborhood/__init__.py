@@ -11,7 +11,8 @@ imported by the backend modules on first use.
 
 from __future__ import annotations
 
-from attnkit import AttentionSpec, Backend, Paper, hookimpl
+from attnkit import AttentionSpec, Paper, hookimpl
+from attnkit.kernels import standard_backends
 from attnkit_neighborhood.params import NeighborhoodParams
 
 __all__ = ["NEIGHBORHOOD", "NeighborhoodParams"]
@@ -27,42 +28,14 @@ NEIGHBORHOOD = AttentionSpec(
     description="Each query attends to the kernel_size nearest keys per axis (1D/2D/3D), NATTEN border rule.",
     params=NeighborhoodParams,
     spatial_dims=(1, 2, 3),
-    backends=(
-        Backend(
-            name="numba",
-            impl="attnkit_neighborhood.cpu:neighborhood_attention",
-            can_run="attnkit_neighborhood.cpu:can_run",
-            devices=("cpu",),
-            dtypes=("float32", "float64"),
-            description="tiled numba CPU kernel, forward and backward",
-        ),
-        Backend(
-            name="triton",
-            impl="attnkit_neighborhood.gpu:neighborhood_attention",
-            can_run="attnkit_neighborhood.gpu:can_run",
-            dtypes=("float16", "bfloat16", "float32"),
-            description="Triton kernel (CUDA; CPU under TRITON_INTERPRET=1 for tests)",
-        ),
-        Backend(
-            name="reference",
-            impl="attnkit_neighborhood.reference:neighborhood_attention",
-            description="plain torch gather of each query's window; float32/float64 math",
-        ),
-        Backend(
-            name="flex",
-            impl="attnkit_neighborhood.flex:neighborhood_attention",
-            can_run="attnkit_neighborhood.flex:can_run",
-            supports_lse=False,
-            auto=False,
-            description="torch.compile(flex_attention) with the equivalent BlockMask (inference on CPU)",
-        ),
-        Backend(
-            name="onnx",
-            impl="attnkit_neighborhood.onnx:neighborhood_attention",
-            traceable=True,
-            auto=False,
-            description="export-friendly formulation (index arithmetic on symbolic sizes); used while exporting",
-        ),
+    backends=standard_backends(
+        "attnkit_neighborhood",
+        "neighborhood_attention",
+        numba="tiled numba CPU kernel, forward and backward",
+        triton="Triton kernel, forward and backward (CUDA; CPU under TRITON_INTERPRET=1 for tests)",
+        reference="plain torch gather of each query's window; float32/float64 math",
+        flex=True,
+        onnx="export-friendly formulation (index arithmetic on symbolic sizes); used while exporting",
     ),
     validate="attnkit_neighborhood.params:validate",
     mask="attnkit_neighborhood.masks:brute_force_mask",

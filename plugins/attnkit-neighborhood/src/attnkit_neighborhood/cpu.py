@@ -4,7 +4,8 @@ Inputs of 1, 2 or 3 token axes are viewed as 3 axes ``(X, Y, Z)`` (size-1 leadin
 kernel 1), so one set of kernels serves every rank. The window geometry (first key and length
 per query and axis, and the inverse: the queries that see each key) is computed here in numpy
 and handed to the kernels, which only do dense products over tiles
-(:mod:`attnkit_neighborhood._numba_fwd`, :mod:`attnkit_neighborhood._numba_bwd`).
+(:mod:`attnkit_neighborhood._numba_fwd`, :mod:`attnkit_neighborhood._numba_bwd`). Checks,
+thread limits, autograd and the call's flattening come from :mod:`attnkit.kernels.cpu`.
 
 Shape legend: ``q (B, Hq, *S, D)``, ``k (B, Hkv, *S, D)``, ``v (B, Hkv, *S, Dv)``,
 ``N = prod(S)``.
@@ -12,37 +13,19 @@ Shape legend: ``q (B, Hq, *S, D)``, ``k (B, Hkv, *S, D)``, ``v (B, Hkv, *S, Dv)`
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from attnkit import CallInfo
+from attnkit.kernels import KernelCall
+from attnkit.kernels.autograd import softmax_delta
+from attnkit.kernels.cpu import as_numpy, empty_outputs, launch, numba_backend
 from attnkit_neighborhood.params import NeighborhoodParams, normalize
 
-__all__ = ["can_run", "neighborhood_attention"]
-
-_DTYPES = (torch.float32, torch.float64)
-
-
-def can_run(call: CallInfo) -> str | None:
-    """``None`` for CPU float32/float64 inputs when numba (and the BLAS it calls) import."""
-    if call.device.type != "cpu":
-        return f"runs on cpu, not {call.device.type}"
-    if call.dtype not in _DTYPES:
-        return f"supports float32 and float64, not {str(call.dtype).removeprefix('torch.')}"
-    try:
-        import numba  # noqa: F401
-        import scipy.linalg.cython_blas  # type: ignore[import-untyped]  # noqa: F401  (numba's np.dot calls it)
-    except ImportError as exc:
-        return f"numba backend unavailable: {exc}"
-    return None
+__all__ = ["neighborhood_attention"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,70 +155,41 @@ def _geometry(spatial: tuple[int, ...], params: NeighborhoodParams, is_causal: A
 # Kernel launch
 # ---------------------------------------------------------------------------------------------
 
-_BLAS_CONTROLLER: Any = None
-# numba's default "workqueue" threading layer aborts the process when two Python threads
-# launch parallel kernels at once, so launches are serialised.
-_LAUNCH_LOCK = threading.Lock()
+
+def _geometry_of(call: KernelCall) -> _Geometry:
+    return _geometry(call.spatial, call.params, call.causal)
 
 
-@contextlib.contextmanager
-def _kernel_launch() -> Iterator[None]:
-    """Hold the launch lock and run BLAS single-threaded: the kernels already use every
-    core through prange, and a threaded BLAS inside each prange task oversubscribes them."""
-    global _BLAS_CONTROLLER
-    with _LAUNCH_LOCK:
-        try:
-            import threadpoolctl  # type: ignore[import-untyped]
-        except ImportError:
-            yield
-            return
-        if _BLAS_CONTROLLER is None:
-            import scipy.linalg.cython_blas  # noqa: F401  (load numba's BLAS first)
-
-            _BLAS_CONTROLLER = threadpoolctl.ThreadpoolController()
-        with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
-            yield
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return x.detach().contiguous().numpy()
-
-
-def _forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo: _Geometry, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neighborhood attention of the flattened call: ``out (B, Hq, N, Dv)``, ``lse (B, Hq, N)``."""
     from attnkit_neighborhood import _numba_fwd
 
-    b, hq, n, _ = q.shape
-    out = torch.empty(b, hq, n, v.shape[-1], dtype=q.dtype)
-    lse = torch.empty(b, hq, n, dtype=q.dtype)
+    geo = _geometry_of(call)
+    out, lse = empty_outputs(call)
     ax, ay, az = geo.axes
     ny, nz, dx, dy, dz = geo.sizes()
-    with _kernel_launch():
+    with launch():
         _numba_fwd.forward(
-            _np(q), _np(k), _np(v), out.numpy(), lse.numpy(), float(scale),
+            as_numpy(call.q), as_numpy(call.k), as_numpy(call.v), out.numpy(), lse.numpy(), call.scale,
             ny, nz, dx, dy, dz, ax.ws, ax.wl, ay.ws, ay.wl, az.ws, az.wl, *geo.q_tiles,
         )  # fmt: skip
     return out, lse
 
 
 def _backward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    d_out: torch.Tensor, d_lse: torch.Tensor | None, geo: _Geometry, scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    call: KernelCall, out: torch.Tensor, lse: torch.Tensor, d_out: torch.Tensor, d_lse: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from attnkit_neighborhood import _numba_bwd
 
-    d_out = d_out.to(q.dtype)
-    # delta = rowsum(dO * O); the LSE's gradient enters dS = P * (dP - delta + dLSE).
-    delta = (d_out * out).sum(-1)
-    if d_lse is not None:
-        delta = delta - d_lse.to(delta.dtype)
+    geo = _geometry_of(call)
+    q, k, v = call.q, call.k, call.v
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     ax, ay, az = geo.axes
     ny, nz, dx, dy, dz = geo.sizes()
-    args = (_np(q), _np(k), _np(v), _np(d_out), _np(lse), _np(delta))
-    s = float(scale)
-    with _kernel_launch():
+    delta = softmax_delta(out, d_out, d_lse, q.dtype)
+    args = (as_numpy(q), as_numpy(k), as_numpy(v), as_numpy(d_out.to(q.dtype)), as_numpy(lse), as_numpy(delta))
+    s = call.scale
+    with launch():
         _numba_bwd.grad_q(
             *args, dq.numpy(), s, ny, nz, dx, dy, dz, ax.ws, ax.wl, ay.ws, ay.wl, az.ws, az.wl, *geo.q_tiles
         )
@@ -246,87 +200,7 @@ def _backward(
     return dq, dk, dv
 
 
-class _NeighborhoodAttention(torch.autograd.Function):
-    """``(q, k, v) -> (out, lse)`` on ``(B, H, N, D)`` tensors; gradients for q, k, v."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo: _Geometry, scale: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse = _forward(q, k, v, geo, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.geo, ctx.scale = geo, scale
-        return out, lse
-
-    @staticmethod
-    def backward(ctx: Any, d_out: torch.Tensor | None, d_lse: torch.Tensor | None) -> tuple[Any, ...]:
-        q, k, v, out, lse = ctx.saved_tensors
-        if d_out is None:
-            d_out = torch.zeros_like(out)
-        dq, dk, dv = _backward(q, k, v, out, lse, d_out, d_lse, ctx.geo, ctx.scale)
-        return dq, dk, dv, None, None
-
-
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    # The kernels index without bounds checks: anything they rely on is checked here.
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.device.type != "cpu":
-            raise ValueError(f"the numba backend runs on cpu; {name} is on {x.device}")
-        if x.dtype != q.dtype or x.dtype not in _DTYPES:
-            raise TypeError(
-                f"the numba backend needs q, k, v all float32 or all float64; got q {q.dtype}, k {k.dtype}, v {v.dtype}"
-            )
-        if not 4 <= x.dim() <= 6:
-            raise ValueError(f"{name} must be (B, H, *S, D) with 1 to 3 token axes, got {tuple(x.shape)}")
-    if not (q.dim() == k.dim() == v.dim()):
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} must have the same rank")
-    if q.shape[0] != k.shape[0] or k.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"batch/heads/token axes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.shape[2:-1] != k.shape[2:-1]:
-        raise ValueError(f"q token axes {tuple(q.shape[2:-1])} must equal k token axes {tuple(k.shape[2:-1])}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q head dim {q.shape[-1]} must equal k head dim {k.shape[-1]}")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"q heads {q.shape[1]} must be a multiple of k/v heads {k.shape[1]}")
-    if min(q.shape) == 0 or min(v.shape) == 0:
-        raise ValueError(f"empty input: q {tuple(q.shape)}, v {tuple(v.shape)}")
-
-
-def neighborhood_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    params: NeighborhoodParams,
-    is_causal: bool | tuple[bool, ...],
-    scale: float,
-    return_lse: bool,
-    **_: Any,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Neighborhood attention on CPU with the numba kernels.
-
-    :param q: ``(B, Hq, *S, D)``, 1 to 3 token axes, float32 or float64.
-    :param k: ``(B, Hkv, *S, D)`` with ``Hq % Hkv == 0``; never expanded to ``Hq`` heads.
-    :param v: ``(B, Hkv, *S, Dv)``.
-    :param params: kernel size and dilation (one or one per axis).
-    :param is_causal: one flag, or one per token axis.
-    :param scale: logit scale.
-    :param return_lse: also return the natural-log sum of exp of the scaled logits.
-    :returns: ``(B, Hq, *S, Dv)`` in ``q.dtype`` (and the LSE ``(B, Hq, *S)``, same dtype).
-    """
-    _check(q, k, v)
-    spatial = tuple(q.shape[2:-1])
-    causal = tuple(bool(c) for c in is_causal) if isinstance(is_causal, (tuple, list)) else bool(is_causal)
-    geo = _geometry(spatial, params, causal)
-    b, hq, d = q.shape[0], q.shape[1], q.shape[-1]
-    hkv, dv = k.shape[1], v.shape[-1]
-    n = math.prod(spatial)
-    out, lse = _NeighborhoodAttention.apply(
-        q.reshape(b, hq, n, d), k.reshape(b, hkv, n, d), v.reshape(b, hkv, n, dv), geo, float(scale)
-    )
-    out = out.reshape(b, hq, *spatial, dv)
-    if return_lse:
-        return out, lse.reshape(b, hq, *spatial)
-    return out
+#: The numba backend: ``(q, k, v, *, params, is_causal, scale, return_lse)`` with ``q (B, Hq,
+#: *S, D)`` float32/float64, ``k/v (B, Hkv, *S, D|Dv)`` (never expanded to ``Hq`` heads);
+#: returns ``(B, Hq, *S, Dv)`` (and the LSE ``(B, Hq, *S)``), gradients for q, k, v.
+neighborhood_attention = numba_backend(_forward, backward=_backward)

@@ -7,11 +7,8 @@ group, shifted non-causal window or causal window) and ANDs the axes. Inputs of 
 axes are viewed as 3 axes with size-1 leading axes (kernel 1, dilation 1), and the geometry
 lives in small int64 tensors captured by the ``mask_mod``: one Python function then serves
 every rank and parameter set, so dynamo does not retrace it per parameter set (only per
-shape, ``dynamic=False``).
-
-Inference only on CPU: compiled FlexAttention's CPU backward is not what this backend is for,
-and it does not return the LSE here. float64 is refused on CPU because inductor's CPU
-FlexAttention template only takes float32 / float16 / bfloat16.
+shape, ``dynamic=False``). The BlockMask cache, the compiled function, dynamo's recompile
+limit and the ``can_run`` reasons are :mod:`attnkit.kernels.flex`'s.
 
 Shape legend: ``q (B, Hq, *S, D)``, ``k (B, Hkv, *S, D)``, ``v (B, Hkv, *S, Dv)``,
 ``N = prod(S)``.
@@ -19,46 +16,16 @@ Shape legend: ``q (B, Hq, *S, D)``, ``k (B, Hkv, *S, D)``, ``v (B, Hkv, *S, Dv)`
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 
-from attnkit import CallInfo
-from attnkit_neighborhood.params import NeighborhoodParams, normalize
+from attnkit.kernels import KernelCall
+from attnkit.kernels.flex import MaskRule, backend
+from attnkit_neighborhood.params import normalize
 
-__all__ = ["block_mask", "can_run", "mask_mod", "neighborhood_attention"]
-
-_CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Above this many (query, key) pairs the BlockMask is built by a compiled create_block_mask.
-_EAGER_MASK_LIMIT = 1 << 26
-
-
-def _flex_module() -> Any:
-    from torch.nn.attention import flex_attention as module
-
-    return module
-
-
-def can_run(call: CallInfo) -> str | None:
-    """``None`` when torch has FlexAttention and the call is CPU inference (or on CUDA)."""
-    try:
-        _flex_module()
-    except ImportError as exc:
-        return f"this torch ({torch.__version__}) has no torch.nn.attention.flex_attention: {exc}"
-    if call.return_lse:
-        return "the flex backend does not return the log-sum-exp (return_lse=True)"
-    if call.device.type == "cpu":
-        if call.requires_grad:
-            return "inference only on CPU: an input requires grad (use the numba or reference backend)"
-        if call.dtype not in _CPU_DTYPES:
-            return (
-                f"FlexAttention on CPU supports float32/float16/bfloat16, not {str(call.dtype).removeprefix('torch.')}"
-            )
-    if call.exporting:
-        return "cannot be traced for ONNX export"
-    return None
+__all__ = ["mask_mod", "mask_rule", "neighborhood_attention"]
 
 
 def _geometry(
@@ -110,85 +77,12 @@ def mask_mod(
     return neighbourhood
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_block_mask(
-    spatial: tuple[int, ...],
-    kernel_size: tuple[int, ...],
-    dilation: tuple[int, ...],
-    causal: tuple[bool, ...],
-    device: str,
-) -> Any:
-    flex = _flex_module()
-    n = math.prod(spatial)
-    fn = mask_mod(spatial, kernel_size, dilation, causal, device)
-    build = flex.create_block_mask
-    if n * n > _EAGER_MASK_LIMIT:
-        # Eager create_block_mask evaluates the mask_mod on the full (N, N) grid with int64
-        # intermediates (about 600 MB at N=4096, 16x that at N=16384); compiled, it fuses them.
-        build = torch.compile(flex.create_block_mask)
-    # B=None, H=None: the neighbourhood is the same for every batch entry and head.
-    return build(fn, None, None, n, n, device=device)
+def mask_rule(call: KernelCall) -> MaskRule:
+    """The neighbourhood of ``call``'s token axes and parameters (the same for every head)."""
+    ks, dl, causal = normalize(call.params, call.spatial, call.causal)
+    return MaskRule(mask_mod, (tuple(call.spatial), ks, dl, causal))
 
 
-def block_mask(
-    spatial: tuple[int, ...], params: NeighborhoodParams, is_causal: bool | tuple[bool, ...], device: torch.device | str
-) -> Any:
-    """The BlockMask of one shape / parameter set, built once and cached.
-
-    :param spatial: the token axes ``S`` (1 to 3 sizes).
-    """
-    ks, dl, causal = normalize(params, tuple(spatial), is_causal)
-    return _cached_block_mask(tuple(spatial), ks, dl, causal, str(torch.device(device)))
-
-
-# dynamo compiles one static graph per input shape and, past its recompile limit (8 by
-# default), silently runs flex_attention eagerly: the unfused O(N^2) path this backend exists to
-# avoid. Raise the limit for this backend's calls only.
-RECOMPILE_LIMIT = 64
-
-
-def _recompile_limit() -> Any:
-    import torch._dynamo
-
-    if hasattr(torch._dynamo.config, "recompile_limit"):
-        return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
-    return torch._dynamo.config.patch(cache_size_limit=RECOMPILE_LIMIT)  # torch < 2.6
-
-
-@functools.cache
-def _compiled_flex() -> Any:
-    # One compiled function for the process; dynamo keeps one graph per input shape.
-    return torch.compile(_flex_module().flex_attention, dynamic=False)
-
-
-def neighborhood_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    params: NeighborhoodParams,
-    is_causal: bool | tuple[bool, ...],
-    scale: float,
-    return_lse: bool,
-    **_: Any,
-) -> torch.Tensor:
-    """Neighborhood attention through compiled FlexAttention.
-
-    :param q: ``(B, Hq, *S, D)``.
-    :param k: ``(B, Hkv, *S, D)``, ``Hq % Hkv == 0`` (GQA through ``enable_gqa``, no copy).
-    :param v: ``(B, Hkv, *S, Dv)``.
-    :returns: ``(B, Hq, *S, Dv)`` in ``q.dtype``.
-    """
-    if return_lse:
-        raise ValueError("the flex backend does not return the log-sum-exp; call with return_lse=False")
-    spatial = tuple(q.shape[2:-1])
-    b, hq, d = q.shape[0], q.shape[1], q.shape[-1]
-    hkv, dv = k.shape[1], v.shape[-1]
-    n = math.prod(spatial)
-    bm = block_mask(spatial, params, is_causal, q.device)
-    qf = q.reshape(b, hq, n, d)
-    kf = k.reshape(b, hkv, n, d)
-    vf = v.reshape(b, hkv, n, dv)
-    with _recompile_limit():
-        out = _compiled_flex()(qf, kf, vf, block_mask=bm, scale=scale, enable_gqa=hq != hkv)
-    return out.reshape(b, hq, *spatial, dv).to(q.dtype)
+#: The flex backend: ``q (B, Hq, *S, D)``, ``k/v (B, Hkv, *S, D|Dv)`` (GQA through
+#: ``enable_gqa``, no copy) -> ``(B, Hq, *S, Dv)``.
+neighborhood_attention = backend(mask_rule)

@@ -15,7 +15,8 @@ by the backend modules on first use.
 
 from __future__ import annotations
 
-from attnkit import AttentionSpec, Backend, Paper, hookimpl
+from attnkit import AttentionSpec, Paper, hookimpl
+from attnkit.kernels import standard_backends
 from attnkit_sinklora.params import SFAttnParams
 
 __all__ = ["H2O_PAPER", "PAPER", "SF_ATTN", "SFAttnParams"]
@@ -34,44 +35,18 @@ SF_ATTN = AttentionSpec(
     paper=PAPER,
     description="Causal attention inside fixed groups of G tokens plus n_sink global sink keys (S2 shift optional).",
     params=SFAttnParams,
-    backends=(
-        Backend(
-            name="numba",
-            impl="attnkit_sinklora.cpu:sf_attention",
-            can_run="attnkit_sinklora.cpu:can_run",
-            devices=("cpu",),
-            dtypes=("float32", "float64"),
-            description="blockwise numba CPU forward (each group: own keys + sink block); "
-            "backward recomputes the blockwise torch form",
-        ),
-        Backend(
-            name="triton",
-            impl="attnkit_sinklora.gpu:sf_attention",
-            can_run="attnkit_sinklora.gpu:can_run",
-            dtypes=("float16", "bfloat16", "float32"),
-            differentiable=False,
-            description="Triton forward kernel (CUDA; CPU under TRITON_INTERPRET=1 for tests)",
-        ),
-        Backend(
-            name="reference",
-            impl="attnkit_sinklora.reference:sf_attention",
-            description="plain torch, blockwise (group reshape + sink concat); float32/float64 math",
-        ),
-        Backend(
-            name="flex",
-            impl="attnkit_sinklora.flex:sf_attention",
-            can_run="attnkit_sinklora.flex:can_run",
-            supports_lse=False,
-            auto=False,
-            description="torch.compile(flex_attention) with a head-dependent mask_mod (inference on CPU)",
-        ),
-        Backend(
-            name="onnx",
-            impl="attnkit_sinklora.onnx:sf_attention",
-            traceable=True,
-            auto=False,
-            description="export-friendly formulation (mask from index arithmetic on the symbolic length)",
-        ),
+    backends=standard_backends(
+        "attnkit_sinklora",
+        "sf_attention",
+        numba="blockwise numba CPU forward (each group: own keys + sink block); "
+        "backward recomputes the blockwise torch form",
+        triton={
+            "differentiable": False,
+            "description": "Triton forward kernel (CUDA; CPU under TRITON_INTERPRET=1 for tests)",
+        },
+        reference="plain torch, blockwise (group reshape + sink concat); float32/float64 math",
+        flex="torch.compile(flex_attention) with a head-dependent mask_mod (inference on CPU)",
+        onnx="export-friendly formulation (mask from index arithmetic on the symbolic length)",
     ),
     validate="attnkit_sinklora.params:validate",
     mask="attnkit_sinklora.masks:brute_force_mask",

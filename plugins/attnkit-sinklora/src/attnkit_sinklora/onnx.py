@@ -3,8 +3,9 @@
 ``torch.onnx.export(..., dynamo=True)`` traces this with symbolic batch and token sizes, so
 nothing here branches on a size: the group size ``max(1, floor(T * ratio))`` (when
 ``group_size`` is not fixed) is computed as a float64 tensor from ``T``, group ids are
-``(pos + shift_h) // G`` (``shift_h = G - G // 2`` on shifted heads) on ``torch.arange(T)``, and the attention is dense under that mask
-(``O(T^2)``: the graph is meant for portability, the numba/Triton kernels are the fast paths).
+``(pos + shift_h) // G`` (``shift_h = G - G // 2`` on shifted heads) on ``torch.arange(T)``, and
+the attention is dense under that mask (:func:`attnkit.kernels.onnx.masked_attention`,
+``O(T^2)``: the graph is meant for portability, the numba/Triton kernels are the fast paths).
 Float64 keeps ``floor(T * ratio)`` identical to the Python value the other backends use.
 
 Shape legend: ``q (B, Hq, T, D)``, ``k (B, Hkv, T, D)``, ``v (B, Hkv, T, Dv)``,
@@ -13,11 +14,10 @@ Shape legend: ``q (B, Hq, T, D)``, ``k (B, Hkv, T, D)``, ``v (B, Hkv, T, Dv)``,
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from attnkit.reference.dense import work_dtype
+from attnkit.kernels import KernelCall, kernel
+from attnkit.kernels.onnx import masked_attention
 from attnkit_sinklora.params import SFAttnParams
 
 __all__ = ["sf_attention", "sf_mask"]
@@ -42,35 +42,10 @@ def sf_mask(params: SFAttnParams, q: torch.Tensor, causal: bool) -> torch.Tensor
     return ok
 
 
-def sf_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    params: SFAttnParams,
-    is_causal: bool | tuple[bool, ...],
-    scale: float,
-    return_lse: bool,
-    **_: Any,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+@kernel
+def sf_attention(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
     """SF-Attn as dense attention under an index-arithmetic mask (export-friendly).
 
-    :param q: ``(B, Hq, T, D)``; ``k`` ``(B, Hkv, T, D)``; ``v`` ``(B, Hkv, T, Dv)``.
     :returns: ``out (B, Hq, T, Dv)`` in ``q.dtype`` (and ``lse (B, Hq, T)``).
     """
-    causal = bool(is_causal[0]) if isinstance(is_causal, tuple) else bool(is_causal)
-    b, hq, t, d = q.shape
-    hkv, dv = k.shape[1], v.shape[-1]
-    wd = work_dtype(q.dtype)
-    allowed = sf_mask(params, q, causal).reshape(1, hkv, hq // hkv, t, t)
-    qg = q.to(wd).reshape(b, hkv, hq // hkv, t, d)
-    scores = torch.matmul(qg, k.to(wd).unsqueeze(2).transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    # every query sees itself, so no row is empty and the row max is finite
-    m = scores.amax(dim=-1, keepdim=True)
-    e = torch.exp(scores - m)
-    denom = e.sum(dim=-1, keepdim=True)
-    out = torch.matmul(e / denom, v.to(wd).unsqueeze(2)).reshape(b, hq, t, dv).to(q.dtype)
-    if return_lse:
-        return out, (m + torch.log(denom)).reshape(b, hq, t)
-    return out
+    return masked_attention(call, sf_mask(call.params, call.q, call.is_causal))

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnkit.kernels import KernelCall, kernel
 from attnkit.reference.dense import work_dtype
-from attnkit_sinklora.params import SFAttnParams, group_size, shift_of_head
+from attnkit_sinklora.params import group_size, shift_of_head
 
-__all__ = ["sf_attention", "sf_attention_shift"]
+__all__ = ["sf_attention", "sf_attention_call", "sf_attention_shift"]
 
 
 def sf_attention_shift(
@@ -73,41 +74,28 @@ def sf_attention_shift(
     return out, lse
 
 
-def sf_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    params: SFAttnParams,
-    is_causal: bool | tuple[bool, ...],
-    scale: float,
-    return_lse: bool,
-    **_: Any,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """SF-Attn (or S²-Attn with ``params.shifted``), blockwise in plain torch.
-
-    :param q: ``(B, Hq, T, D)``; ``k`` ``(B, Hkv, T, D)``; ``v`` ``(B, Hkv, T, Dv)``.
-    :returns: ``out (B, Hq, T, Dv)`` in ``q.dtype`` (and ``lse (B, Hq, T)``, float32 or
-        float64).
-    """
-    causal = bool(is_causal[0]) if isinstance(is_causal, tuple) else bool(is_causal)
-    b, hq, t, d = q.shape
-    hkv, dv = k.shape[1], v.shape[-1]
-    r = hq // hkv
-    wd = work_dtype(q.dtype)
-    g = group_size(params, t)
-    qf = q.to(wd).reshape(b, hkv, r, t, d)
-    kf, vf = k.to(wd), v.to(wd)
-    kw: dict[str, Any] = {"g": g, "n_sink": params.n_sink, "causal": causal, "scale": scale}
+def sf_attention_call(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """SF-Attn (or S²-Attn with ``params.shifted``) of a flattened call, blockwise in plain
+    torch: ``out (B, Hq, T, Dv)`` and ``lse (B, Hq, T)`` in the working dtype (float32, or
+    float64 for float64 inputs)."""
+    b, hq, t = call.batch, call.q_heads, call.q_len
+    hkv, r = call.kv_heads, call.group
+    wd = work_dtype(call.dtype)
+    g = group_size(call.params, t)
+    qf = call.grouped_q().to(wd)
+    kf, vf = call.k.to(wd), call.v.to(wd)
+    kw: dict[str, Any] = {"g": g, "n_sink": call.params.n_sink, "causal": call.is_causal, "scale": call.scale}
     out, lse = sf_attention_shift(qf, kf, vf, shift=0, **kw)
-    shifts = [shift_of_head(params, h, hq, g) for h in range(hq)]
+    shifts = [shift_of_head(call.params, h, hq, g) for h in range(hq)]
     if any(shifts):
         # Heads split between two shifts: compute the shifted layout too and pick per head.
         out_s, lse_s = sf_attention_shift(qf, kf, vf, shift=max(shifts), **kw)
-        pick = torch.tensor(shifts, device=q.device).ne(0).view(hkv, r)
+        pick = torch.tensor(shifts, device=call.device).ne(0).view(hkv, r)
         out = torch.where(pick[..., None, None], out_s, out)
         lse = torch.where(pick[..., None], lse_s, lse)
-    out = out.reshape(b, hq, t, dv).to(q.dtype)
-    if return_lse:
-        return out, lse.reshape(b, hq, t)
-    return out
+    return out.reshape(b, hq, t, -1), lse.reshape(b, hq, t)
+
+
+#: The reference backend: ``q (B, Hq, T, D)``, ``k/v (B, Hkv, T, D|Dv)`` -> ``out (B, Hq, T,
+#: Dv)`` in ``q.dtype`` (and ``lse (B, Hq, T)``, float32 or float64). Differentiable.
+sf_attention = kernel(sf_attention_call)

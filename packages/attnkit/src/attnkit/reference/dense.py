@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["attention", "causal_mask", "merge_attention", "work_dtype"]
+__all__ = ["attention", "causal_mask", "merge_attention", "softmax_rows", "work_dtype"]
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -80,6 +80,24 @@ def attention(
         allowed = c if allowed is None else allowed & c
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    probs, lse = softmax_rows(scores)
+    out = torch.matmul(probs, vg).reshape(b, hq, tq, v.shape[-1]).to(q.dtype)
+    if not return_lse:
+        return out
+    return out, lse.reshape(b, hq, tq)
+
+
+def softmax_rows(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last axis of masked logits, safe for rows with no allowed key.
+
+    Masked entries are ``-inf``. A row that is all ``-inf`` gets probabilities 0 (so the
+    attention output is zeros) and ``lse = -inf``, in the forward and the backward pass,
+    where ``torch.softmax`` would give NaN. NaN logits give NaN probabilities. Traceable by
+    ``torch.export`` (no data-dependent branch), so ONNX formulations use it too.
+
+    :param scores: ``(..., K)`` scaled, masked logits.
+    :returns: ``probs (..., K)`` and ``lse (...)``.
+    """
     row_max = scores.amax(dim=-1, keepdim=True)
     finite = torch.isfinite(row_max)
     row_max = torch.where(finite, row_max, torch.zeros_like(row_max))
@@ -87,12 +105,8 @@ def attention(
     denom = e.sum(dim=-1, keepdim=True)
     has_any = denom > 0
     safe = torch.where(has_any, denom, torch.ones_like(denom))
-    probs = e / safe
-    out = torch.matmul(probs, vg).reshape(b, hq, tq, v.shape[-1]).to(q.dtype)
-    if not return_lse:
-        return out
     lse = torch.where(has_any, row_max + torch.log(safe), torch.full_like(denom, float("-inf")))
-    return out, lse.reshape(b, hq, tq)
+    return e / safe, lse.squeeze(-1)
 
 
 def merge_attention(
