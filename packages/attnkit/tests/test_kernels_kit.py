@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-import attnkit
 from attnkit import AttentionSpec, CallInfo
 from attnkit.kernels import BACKEND_ORDER, KernelCall, kernel, standard_backends
 from attnkit.kernels import autograd as kit_autograd
@@ -24,8 +23,8 @@ from attnkit.kernels import cpu as kit_cpu
 from attnkit.kernels import flex as kit_flex
 from attnkit.kernels import gpu as kit_gpu
 from attnkit.kernels import onnx as kit_onnx
-from attnkit.plugins import register_plugin, unregister_plugin
 from attnkit.reference import attention as dense
+from attnkit.testing import registered_specs
 
 # ---------------------------------------------------------------------------------------------
 # A banded test spec written with the kit: |i - j| <= window (optionally causal).
@@ -87,19 +86,8 @@ BAND = AttentionSpec(
 
 @pytest.fixture
 def band_spec():  # type: ignore[no-untyped-def]
-    class Plugin:
-        @staticmethod
-        @attnkit.hookimpl
-        def attnkit_register_attention(register):  # type: ignore[no-untyped-def]
-            register(BAND)
-
-    attnkit.load_plugins()
-    info = register_plugin(Plugin(), name="kit-band-test", distribution="kit-band-test", version="0")
-    assert info.error is None, info.error
-    try:
-        yield attnkit.get_spec("kitband", "attention")
-    finally:
-        unregister_plugin("kit-band-test")
+    with registered_specs(BAND, name="kit-band-test") as (spec,):
+        yield spec
 
 
 def _qkv(b=2, hq=4, hkv=2, spatial=(9,), d=8, dv=None, dtype=torch.float64, seed=0):  # type: ignore[no-untyped-def]

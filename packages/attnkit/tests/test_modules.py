@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
-from attnkit import get_spec
+from attnkit import AttentionSpec
 from attnkit.modules import ModuleConfig, MultiHeadAttention, aux_loss, build_module, from_pretrained_attention
+from attnkit.testing import BAND, band_brute_force_mask, registered_specs
 
 F64 = torch.float64
 
@@ -82,15 +85,28 @@ def test_causal_never_reads_future() -> None:
     assert not torch.allclose(m(x)[:, 4:], m(y)[:, 4:])
 
 
+@pytest.fixture
+def band() -> Iterator[AttentionSpec]:
+    """``testing.band`` (local-window attention from :mod:`attnkit.testing`), registered for
+    one test: a non-dense kernel that needs no plugin installed."""
+    with registered_specs(BAND) as (spec,):
+        yield spec
+
+
 @pytest.mark.parametrize("causal", [False, True])
-def test_neighborhood_kernel_matches_brute_force_mask(causal: bool) -> None:
-    masks = pytest.importorskip("attnkit_neighborhood.masks")
-    config = ModuleConfig(dim=8, heads=2, causal=causal)
-    m = make(config, kernel="neighborhood", kernel_params={"kernel_size": 3, "dilation": 2})
-    x = torch.randn(2, 9, 8, dtype=F64)
-    spec = get_spec("neighborhood")
-    allowed = masks.brute_force_mask(spec.make_params(kernel_size=3, dilation=2), (2, 2, 9, 4), (2, 2, 9, 4), causal)
-    torch.testing.assert_close(m(x), hand_mha(m, x, allowed.reshape(9, 9)), atol=1e-12, rtol=1e-12)
+@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2)])
+def test_non_dense_kernel_matches_brute_force_mask(
+    band: AttentionSpec, causal: bool, heads: int, kv_heads: int
+) -> None:
+    config = ModuleConfig(dim=16, heads=heads, kv_heads=kv_heads, causal=causal)
+    m = make(config, kernel=band.name, kernel_params={"window": 2})
+    assert m.kernel.name == band.name and m.kernel_params.window == 2
+    x = torch.randn(2, 9, 16, dtype=F64)
+    q_shape, kv_shape = (2, heads, 9, config.d_head), (2, kv_heads, 9, config.d_head)
+    allowed = band_brute_force_mask(band.make_params(window=2), q_shape, kv_shape, causal)
+    dense = torch.ones_like(allowed).tril() if causal else torch.ones_like(allowed)
+    assert not torch.equal(allowed, dense)  # the band masks keys dense attention would see
+    torch.testing.assert_close(m(x), hand_mha(m, x, allowed), atol=1e-12, rtol=1e-12)
 
 
 def test_build_module_from_kernel_and_module_specs() -> None:
@@ -126,13 +142,18 @@ def test_from_pretrained_round_trip() -> None:
         from_pretrained_attention("mha", torch.nn.Linear(2, 2))  # type: ignore[arg-type]
 
 
-def test_from_pretrained_swaps_kernel() -> None:
-    pytest.importorskip("attnkit_neighborhood")
+def test_from_pretrained_swaps_kernel(band: AttentionSpec) -> None:
     source = make(ModuleConfig(dim=8, heads=2))
-    wide = from_pretrained_attention("mha", source, kernel="neighborhood", kernel_params={"kernel_size": 5})
+    wide = from_pretrained_attention("mha", source, kernel=band.name, kernel_params={"window": 4})
+    assert wide.kernel.name == band.name
     x = torch.randn(1, 5, 8, dtype=F64)
     # A window as wide as the sequence sees every key: the same function as the dense source.
     torch.testing.assert_close(wide(x), source(x), atol=1e-12, rtol=1e-12)
+    # A narrower one keeps the weights but not the function.
+    narrow = from_pretrained_attention("mha", source, kernel=band.name, kernel_params={"window": 1})
+    allowed = band_brute_force_mask(band.make_params(window=1), (1, 2, 5, 4), (1, 2, 5, 4), False)
+    torch.testing.assert_close(narrow(x), hand_mha(source, x, allowed), atol=1e-12, rtol=1e-12)
+    assert not torch.allclose(narrow(x), source(x))
 
 
 def test_aux_loss_sums_submodules() -> None:

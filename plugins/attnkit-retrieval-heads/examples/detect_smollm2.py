@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnkit.data.needles import make_cases
 from attnkit.models import load
 from attnkit_retrieval_heads.detect import compare_masking, detect, needle_accuracy
-from attnkit_retrieval_heads.needle import make_cases
 from attnkit_retrieval_heads.score import RetrievalScores
 
 

@@ -1,10 +1,10 @@
-"""Test helpers: a seeded tiny random Llama (no download) and a word-level tokenizer. The name
-is unique across plugins because conftest.py puts this folder on sys.path, which works under
-pytest's ``--import-mode=importlib`` too."""
+"""Test helpers: a seeded tiny random Llama (no download). The name is unique across plugins
+because conftest.py puts this folder on sys.path, which works under pytest's
+``--import-mode=importlib`` too. (The word-level tokenizer moved to
+:class:`attnkit.testing.WordTokenizer` with the needle generator.)"""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -31,27 +31,3 @@ def tiny_llama(
     model = transformers.LlamaForCausalLM(config).to(dtype)
     model.set_attn_implementation("sdpa")
     return model.eval()
-
-
-class WordTokenizer:
-    """Deterministic word-level tokenizer: one id per word or punctuation mark (leading space
-    ignored), no chat template. Enough for the generator's length and span logic."""
-
-    chat_template = None
-    eos_token_id = None
-
-    def __init__(self) -> None:
-        self.vocab: dict[str, int] = {}
-        self.inverse: dict[int, str] = {}
-
-    def _id(self, word: str) -> int:
-        if word not in self.vocab:
-            self.vocab[word] = len(self.vocab)
-            self.inverse[self.vocab[word]] = word
-        return self.vocab[word]
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [self._id(w) for w in re.findall(r"\w+|[^\w\s]|\n", text)]}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return " ".join(self.inverse.get(i, "?") for i in ids)

@@ -131,8 +131,8 @@ def test_bad_params(kwargs: dict, exc: type, word: str) -> None:
 def test_needle_accuracy_runs_the_policy(model) -> None:  # type: ignore[no-untyped-def]
     from types import SimpleNamespace
 
+    from attnkit.data.needles import NeedleCase
     from attnkit_retrieval_heads.detect import greedy_generate, needle_accuracy
-    from attnkit_retrieval_heads.needle import NeedleCase
 
     ids = _prompt(3)[0].tolist()
     case = NeedleCase(ids, (4, 8), "a", "q", "n", PROMPT, PROMPT, 50.0, 4, 4)

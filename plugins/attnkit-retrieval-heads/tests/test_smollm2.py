@@ -21,8 +21,8 @@ def smollm2():  # type: ignore[no-untyped-def]
 
 
 def test_detect_and_mask_smollm2(smollm2, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from attnkit.data.needles import make_cases
     from attnkit_retrieval_heads.detect import detect, needle_accuracy, random_heads
-    from attnkit_retrieval_heads.needle import make_cases
 
     model, tok = smollm2
     cases = make_cases(tok, 3, [300], [20, 50, 80], seed=0)

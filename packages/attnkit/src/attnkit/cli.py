@@ -12,7 +12,6 @@ torch is only imported by the subcommands that compute, so ``attnkit plugins`` s
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import os
@@ -20,15 +19,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from attnkit.cliargs import CLIError, parse_param
+
 __all__ = ["build_parser", "main"]
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _version() -> str:
@@ -51,7 +44,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     spec = _lookup_spec(args.attention)
     if spec.kind != "attention":
         raise CLIError(f"--attention takes an attention spec; {spec.name!r} is a {spec.kind} spec")
-    params = dict(_parse_param(p) for p in args.param)
+    params = dict(parse_param(p) for p in args.param)
     spec.make_params(**params)
     from attnkit.export.model import export_model, latency
     from attnkit.models import load
@@ -351,20 +344,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse_param(text: str) -> tuple[str, Any]:
-    name, sep, raw = text.partition("=")
-    if not sep or not name.strip():
-        raise CLIError(f"--param must look like name=value, got {text!r}")
-    raw = raw.strip()
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw  # a bare word: keep it as a string
-    if isinstance(value, list):
-        value = tuple(value)
-    return name.strip(), value
-
-
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in text.split(","))
@@ -400,7 +379,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     spec = _lookup_spec(args.spec)
     if spec.kind != "attention":
         raise CLIError(f"attnkit export takes an attention spec; {spec.name!r} is a {spec.kind} spec")
-    params = dict(_parse_param(p) for p in args.param)
+    params = dict(parse_param(p) for p in args.param)
     spec.make_params(**params)  # unknown / invalid parameters fail here, before tracing
     trace = _parse_shape(args.shape)
     if len(trace) - 3 not in spec.spatial_dims:

@@ -6,6 +6,11 @@ prompt with the full KV cache and with every installed cache policy at a budget 
 default), and writes ``report.html`` (tables and plots) and ``results.json`` into a folder,
 printing a summary table.
 
+The core alone is enough: the prompts come from :mod:`attnkit.data.needles` and the built-in
+``window`` / ``sink_window`` policies run; each installed plugin adds its policies and
+analyses as more rows and sections. A policy that cannot be built at the budget, or an
+analysis whose module cannot be imported, is skipped with its reason in the report.
+
 >>> from attnkit.mainjob import main
 >>> main(["--cases", "2", "--length", "512"])  # doctest: +SKIP
 """
@@ -140,20 +145,15 @@ def _cases(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Any], str]:
         except (ValueError, AttributeError):
             ids = tokenizer.encode(text)
         return [PromptCase(input_ids=list(ids), length=len(ids))], f"prompt file {args.prompt_file}"
-    try:
-        from attnkit_retrieval_heads.needle import make_case
-    except ImportError:
-        raise SystemExit(
-            "attnkit run builds needle-in-a-haystack prompts with the attnkit-retrieval-heads plugin, "
-            "which is not installed: pip install attnkit-retrieval-heads, or pass --prompt-file"
-        ) from None
+    from attnkit.data.needles import make_case
+
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [args.length]
     cases = []
     for i in range(args.cases):
         length = lengths[i % len(lengths)]
         depth = 50.0 if args.cases == 1 else 100.0 * i / (args.cases - 1)
         cases.append(make_case(tokenizer, length=length, depth=depth, seed=args.seed + i))
-    return cases, "needle-in-a-haystack cases generated locally (attnkit-retrieval-heads)"
+    return cases, "needle-in-a-haystack cases generated locally (attnkit.data.needles)"
 
 
 def _policies(args: argparse.Namespace) -> list[str]:
@@ -166,7 +166,10 @@ def _policies(args: argparse.Namespace) -> list[str]:
         return []
     names = [n for n in args.cache.split(",") if n]
     for n in names:
-        attnkit.get_spec(n, "cache")  # unknown names raise, listing the installed ones
+        try:
+            attnkit.get_spec(n, "cache")
+        except ValueError as exc:  # lists the installed ones
+            raise SystemExit(f"--cache: {exc} (a plugin's policy runs only when that plugin is installed)") from None
     return [n for n in names if n != "full"]
 
 
@@ -181,10 +184,62 @@ def _analyses(args: argparse.Namespace) -> list[Any]:
     wanted = [n for n in args.analyses.split(",") if n]
     out = []
     for n in wanted:
-        spec = attnkit.get_spec(n, "analysis")
+        try:
+            spec = attnkit.get_spec(n, "analysis")
+        except ValueError as exc:  # lists the installed ones
+            raise SystemExit(
+                f"--analyses: {exc} (a plugin's analysis runs only when that plugin is installed)"
+            ) from None
         if not getattr(spec, "main_job", None):
             raise SystemExit(f"analysis {n!r} has no main-job entry; it can be used with attnkit.patch(analyses=[...])")
         out.append(spec)
+    return out
+
+
+def _run_analyses(specs: Sequence[Any], job: JobContext, skipped: dict[str, str]) -> list[AnalysisOutcome]:
+    """Each spec's ``main_job`` on ``job``; one whose code cannot be imported is left out with
+    its reason in ``skipped`` (a plugin installed without one of its own dependencies), and the
+    job goes on without it. Anything else an analysis raises is a bug and propagates."""
+    from attnkit.registry import resolve
+
+    outcomes = []
+    for spec in specs:
+        try:
+            outcomes.append(resolve(spec.main_job)(job))
+        except ImportError as exc:
+            skipped[f"analysis {spec.name}"] = f"{type(exc).__name__}: {exc}"
+            print(f"      skipped analysis {spec.name}: {type(exc).__name__}: {exc}", flush=True)
+    return outcomes
+
+
+def _policy_kwargs(name: str, budget: float | int, case: Any, cache_params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters of policy ``name`` for one prompt: the budget, plus what analyses provided."""
+    extra = cache_params.get(name, {})
+    return extra(case, budget) if callable(extra) else {"budget": budget, **extra}
+
+
+def _buildable(
+    policies: Sequence[str],
+    budget: float | int,
+    cases: Sequence[Any],
+    cache_params: dict[str, Any],
+    skipped: dict[str, str],
+) -> list[str]:
+    """The policies that can be built at ``budget`` for every case; the others go to ``skipped``
+    with the policy's own error (a policy needing a parameter no analysis provided, say), so
+    one policy that does not fit leaves a row out rather than ending the job."""
+    from attnkit.cache import build_policy
+
+    out = []
+    for name in policies:
+        try:
+            for case in cases:
+                build_policy(name, **_policy_kwargs(name, budget, case, cache_params))
+        except (ValueError, TypeError) as exc:
+            skipped[f"policy {name}@{budget}"] = f"{type(exc).__name__}: {exc}"
+            print(f"      skipped policy {name} at budget {budget}: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        out.append(name)
     return out
 
 
@@ -224,13 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     import attnkit
-    from attnkit.cli import _parse_param
+    from attnkit.cliargs import parse_param
     from attnkit.models import load
     from attnkit.report import Report, Section
 
     progress = not args.no_progress
     spec = attnkit.get_spec(args.attention, "attention")
-    params = dict(_parse_param(p) for p in args.param)
+    params = dict(parse_param(p) for p in args.param)
     spec.make_params(**params)
     policies = _policies(args)
     analysis_specs = _analyses(args)
@@ -254,13 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens,
         progress=progress,
     )
-    from attnkit.registry import resolve
-
-    outcomes: list[AnalysisOutcome] = []
+    skipped: dict[str, str] = {}
     if analysis_specs:
         print(f"[3/4] analyses: {', '.join(s.name for s in analysis_specs)}", flush=True)
-    for aspec in analysis_specs:
-        outcomes.append(resolve(aspec.main_job)(job))
+    else:
+        why = "--analyses none" if args.analyses == "none" else "none installed has a main-job entry"
+        print(f"[3/4] analyses: none ({why})", flush=True)
+    outcomes = _run_analyses(analysis_specs, job, skipped)
     cache_params: dict[str, Any] = {}
     for o in outcomes:
         for name, extra in o.cache_params.items():
@@ -269,10 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 cache_params.setdefault(name, {}).update(extra)
 
+    policies = _buildable(policies, budget, cases, cache_params, skipped)
     print(f"[4/4] answering {len(cases)} prompt(s) with the full cache and {len(policies)} policies ...", flush=True)
     from transformers import DynamicCache
 
     from attnkit.cache import AttnkitCache, build_policy
+    from attnkit.cache.bench import kv_nbytes
 
     stop = _stop_ids(model, tok)
     configs: list[tuple[str, Any]] = [("full", None), *((p, budget) for p in policies)]
@@ -288,13 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name == "full":
                     cache: Any = DynamicCache(config=model.config)
                 else:
-                    extra = cache_params.get(name, {})
-                    kw = extra(case, b) if callable(extra) else {"budget": b, **extra}
-                    cache = AttnkitCache(build_policy(name, **kw), config=model.config)
+                    cache = AttnkitCache(
+                        build_policy(name, **_policy_kwargs(name, b, case, cache_params)), config=model.config
+                    )
                 r = greedy(model, case.tensor(), cache, args.max_new_tokens, stop)
                 text = tok.decode(r["ids"], skip_special_tokens=True).strip()
                 recall = word_recall(case.answer, text) if case.answer else float("nan")
-                per_case.append((r, text, recall, _kv_bytes(cache), len(case.input_ids)))
+                per_case.append((r, text, recall, kv_nbytes(cache), len(case.input_ids)))
                 bar.update(1)
             answers[name] = [t for _, t, _, _, _ in per_case]
             scored = [rc for _, _, rc, _, _ in per_case if rc == rc]
@@ -343,7 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add(
         Section(
             "KV-cache policies",
-            paragraphs=["Needle accuracy: share of answers whose word recall of the needle answer exceeds 0.5."],
+            paragraphs=[
+                "Needle accuracy: share of answers whose word recall of the needle answer exceeds 0.5.",
+                *(f"Skipped {what}: {why}" for what, why in skipped.items()),
+            ],
             tables=[(header, table_rows)],
             figures=figs,
         )
@@ -374,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policies": rows,
         "answers": answers,
         "analyses": {o.name: o.summary for o in outcomes},
+        "skipped": skipped,
     }
     path = report.write()
 
@@ -388,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for o in outcomes:
         if o.summary.get("headline"):
             print(f"{o.name}: {o.summary['headline']}")
+    for what, why in skipped.items():
+        print(f"skipped {what}: {why}")
     print(f"\nreport: {path}  (results: {path.parent / 'results.json'})")
     return 0
 
@@ -396,12 +459,6 @@ def _opt(value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "-"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
-
-
-def _kv_bytes(cache: Any) -> int:
-    from attnkit.cache.bench import _nbytes
-
-    return _nbytes(cache)
 
 
 def _plot_policies(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from attnkit.cache.params import resolve_budget
-from attnkit.cache.policy import CachePolicy, LayerState, _compact
+from attnkit.cache.policy import CachePolicy, LayerState, compact
 from attnkit_retrieval_heads.params import RetrievalCacheParams
 from attnkit_retrieval_heads.score import load_scores
 
@@ -121,7 +121,7 @@ class RetrievalHeadsPolicy(CachePolicy):
         state.pending = False
         keep = self.select(state)
         if keep is not None:
-            _compact(state, keep)
+            compact(state, keep)
 
     def always_kept(self, length: int, budget: int | None) -> list[int]:
         """Positions every KV head keeps: the sinks and the recent window (within the budget)."""

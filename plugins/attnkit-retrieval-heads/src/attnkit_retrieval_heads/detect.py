@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnkit_retrieval_heads.needle import NeedleCase, make_cases
+from attnkit.data.needles import NeedleCase, make_cases
 from attnkit_retrieval_heads.rouge import rouge1_recall
 from attnkit_retrieval_heads.score import RetrievalScore, RetrievalScores
 
@@ -194,7 +194,7 @@ def detect(
     """Retrieval scores of every query head of ``model`` over generated needle cases.
 
     :param cases: run these instead of generating ``n_cases`` from ``lengths`` × ``depths``.
-    :param answer_prefix: see :func:`~attnkit_retrieval_heads.needle.make_case`.
+    :param answer_prefix: see :func:`~attnkit.data.needles.make_case`.
     :param progress: show a tqdm progress bar.
     """
     import attnkit

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "measure"]
+__all__ = ["kv_nbytes", "main", "measure", "prompt_ids"]
 
 
 def _parse_policy_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -35,16 +35,14 @@ def _parse_policy_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def prompt_ids(tokenizer: Any, length: int, seed: int = 0) -> Any:
-    """A needle-in-a-haystack prompt of about ``length`` tokens when attnkit-retrieval-heads is
-    installed (real text), else ``length`` seeded random token ids."""
-    import torch
+def prompt_ids(tokenizer: Any, length: int, seed: int = 0) -> tuple[Any, str]:
+    """A needle-in-a-haystack prompt of about ``length`` tokens (:mod:`attnkit.data.needles`,
+    needle at 50% depth) and a line saying what it is.
 
-    try:
-        from attnkit_retrieval_heads.needle import make_case
-    except ImportError:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randint(100, int(tokenizer.vocab_size) - 1, (1, length), generator=g), "random token ids"
+    :returns: ``(ids, source)``: ``ids`` a ``(1, T)`` int64 tensor, ``source`` for the report.
+    """
+    from attnkit.data.needles import make_case
+
     case = make_case(tokenizer, length=length, depth=50.0, seed=seed)
     return case.tensor(), f"needle-in-a-haystack case ({len(case.input_ids)} tokens, depth 50%)"
 
@@ -137,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row["decode"].append(r["decode_s"])
                 row["prefill"].append(r["prefill_s"])
                 row["tokens"] = r["tokens"]
-                row["nbytes"] = _nbytes(cache)
+                row["nbytes"] = kv_nbytes(cache)
                 bar.update(1)
     bar.close()
 
@@ -167,10 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'policy':<24}{'budget':>8}{'decode tok/s':>14}{'vs full':>9}{'KV MiB':>9}{'KV/budget':>11}{'same tokens':>13}"
     )
     for r in results:
-        budget = "-" if r["budget"] is None else f"{r['budget']:.0%}"
+        shown = "-" if r["budget"] is None else f"{r['budget']:.0%}"
         ratio = "-" if r["kv_vs_budget"] is None else f"{r['kv_vs_budget']:.3f}"
         print(
-            f"{r['policy']:<24}{budget:>8}{r['decode_tokens_per_s']:>14.2f}{r['decode_vs_full']:>8.2f}x"
+            f"{r['policy']:<24}{shown:>8}{r['decode_tokens_per_s']:>14.2f}{r['decode_vs_full']:>8.2f}x"
             f"{r['kv_bytes'] / 2**20:>9.1f}{ratio:>11}{'yes' if r['same_tokens_as_full'] else 'no':>13}"
         )
     for k, why in skipped.items():
@@ -183,7 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _nbytes(cache: Any) -> int:
+def kv_nbytes(cache: Any) -> int:
+    """Bytes of keys and values ``cache`` holds now.
+
+    Works for an :class:`~attnkit.cache.AttnkitCache` (its ``nbytes()``, padding slots
+    included) and for any transformers cache with ``layers`` holding ``keys`` / ``values``
+    tensors (``DynamicCache``), so the full cache and a policy's are measured alike.
+
+    :param cache: the cache after prefill / decoding.
+    :returns: the byte count, 0 for a cache that holds nothing yet.
+    """
     if hasattr(cache, "nbytes") and callable(cache.nbytes):
         return int(cache.nbytes())
     total = 0

@@ -34,7 +34,7 @@ import torch
 
 from attnkit.cache.params import check_aggregation, check_budget, resolve_budget
 
-__all__ = ["CachePolicy", "LayerState", "query_probabilities"]
+__all__ = ["CachePolicy", "LayerState", "compact", "query_probabilities"]
 
 
 @dataclass
@@ -212,7 +212,7 @@ class CachePolicy:
         keep = self.select(state)
         if keep is None:
             return
-        _compact(state, keep)
+        compact(state, keep)
 
     def select(self, state: LayerState) -> torch.Tensor | None:
         """``(B, Hkv, T)`` bool of slots to keep, or ``None`` to keep all; per row at most its
@@ -303,8 +303,18 @@ def _check_query(query: torch.Tensor, state: LayerState) -> None:
         )
 
 
-def _compact(state: LayerState, keep: torch.Tensor) -> None:
-    """Keep the ``keep`` slots of every row, in their order, padding shorter rows at the end."""
+def compact(state: LayerState, keep: torch.Tensor) -> None:
+    """Shrink ``state`` in place to the ``keep`` slots of every row, in their order.
+
+    What :meth:`CachePolicy.evict` does with :meth:`CachePolicy.select`'s answer; a policy that
+    overrides ``evict`` (one that keeps a different set per KV head, say) calls it with its own
+    ``keep``. Rows keeping fewer slots than the longest row are padded at the end: padding slots
+    get position ``-1`` (their keys and values are left-overs and must not be attended to).
+
+    :param state: the layer's storage; ``keys``, ``values``, ``positions`` and every ``extra``
+        tensor are replaced.
+    :param keep: ``(B, Hkv, T)`` bool, True for the slots to keep, ``T`` the stored length.
+    """
     counts = keep.sum(-1)
     width = int(counts.max()) if counts.numel() else 0
     # a stable sort of "not kept" brings kept slots first without reordering them

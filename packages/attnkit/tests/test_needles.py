@@ -1,15 +1,18 @@
-"""The needle generator: length, depth, span, determinism (word tokenizer; SmolLM2's own
-tokenizer too when it is installed)."""
+"""attnkit.data.needles, the needle-in-a-haystack generator: length, depth, span, determinism
+(word tokenizer; SmolLM2's own tokenizer too when it is installed), and that it stays free of
+torch at import."""
 
 from __future__ import annotations
 
 import importlib.util
 import random
+import subprocess
+import sys
 
 import pytest
-from _retrieval_helpers import WordTokenizer
 
-from attnkit_retrieval_heads.needle import NEEDLES, find_needle_span, haystack_sentences, make_case, make_cases
+from attnkit.data.needles import NEEDLES, find_needle_span, haystack_sentences, make_case, make_cases
+from attnkit.testing import WordTokenizer
 
 
 def _smollm2_tokenizer():  # type: ignore[no-untyped-def]
@@ -127,3 +130,18 @@ def test_bad_arguments(kwargs: dict, exc: type, word: str) -> None:
         make_case(WordTokenizer(), **kwargs)
     with pytest.raises(ValueError, match="n_cases"):
         make_cases(WordTokenizer(), 0, [300], [50])
+
+
+def test_case_tensor_is_one_row_of_the_ids() -> None:
+    import torch
+
+    case = make_case(WordTokenizer(), 120, 50, seed=3)
+    t = case.tensor()
+    assert t.dtype == torch.long and t.shape == (1, len(case.input_ids))
+    assert t[0].tolist() == case.input_ids
+
+
+def test_import_needs_no_torch() -> None:
+    code = "import sys, attnkit.data.needles; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

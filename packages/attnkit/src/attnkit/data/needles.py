@@ -1,12 +1,24 @@
-"""A local, seeded needle-in-a-haystack generator (no download).
+"""Needle-in-a-haystack prompts, generated locally and seeded (nothing is downloaded).
 
-The paper's haystacks are Paul Graham essays; here the haystack is synthetic prose assembled
-from word lists, so runs are offline and reproducible. The needle follows the paper's
+The main job (``attnkit run``), ``attnkit bench cache`` and the retrieval-heads plugin all ask
+a model to find one fact in a long context; this module builds those prompts. It follows the
+retrieval-head paper (Wu et al. 2024, arXiv:2404.15574) except for the haystack: the paper's
+haystacks are Paul Graham essays; here the haystack is synthetic prose assembled from word
+lists, so runs are offline and reproducible. The needle follows the paper's
 ``needles.jsonl``: "The best thing to do in <city> is <activity>.", asked back as "What is the
 best thing to do in <city>?", with the activity as the answer (the paper's ``real_needle``).
 The needle goes in at a sentence boundary at the requested depth, and the prompt is
 "<context> Based on the content of the book, Question: <q>\\nAnswer:" as the user turn
 of the tokenizer's chat template (plain text when the tokenizer has no template).
+
+Everything is a function of its arguments: the same ``seed``, ``length`` and tokenizer give
+the same token ids. Importing this module imports neither torch nor transformers (only
+:meth:`NeedleCase.tensor` needs torch); any object with the Hugging Face tokenizer call
+``tokenizer(text, add_special_tokens=False)["input_ids"]`` works.
+
+>>> from attnkit.data.needles import make_case
+>>> case = make_case(tokenizer, length=1024, depth=50.0, seed=0)  # doctest: +SKIP
+>>> case.tensor().shape, case.answer  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -269,9 +281,13 @@ def make_case(
     boundary closest to ``depth`` percent of the haystack tokens (0: first, 100: last).
 
     :param tokenizer: a Hugging Face tokenizer (chat template used when it has one).
+    :param length: context length in tokens of ``tokenizer`` (the chat template adds a few).
+    :param depth: where the needle goes, in percent of the haystack.
     :param needle: ``(city, activity)``; default: from :data:`NEEDLES` by ``seed``.
+    :param seed: picks the haystack sentences (and the needle when ``needle`` is ``None``).
     :param answer_prefix: start the answer with "The best thing to do in <city> is" after the
         generation prompt (helps very small models; the paper does not).
+    :raises TypeError: for a ``length`` that is not an int.
     :raises ValueError: for a length too short for the needle and one sentence, or a depth
         outside [0, 100].
     """
