@@ -2,14 +2,29 @@
 
 Usage::
 
-    python tools/new_plugin.py SLUG --kind attention --paper "Title" --arxiv 2401.00001
+    python tools/new_plugin.py SLUG --kind KIND --paper "Title" --arxiv 2401.00001
 
-writes ``plugins/attnkit-SLUG/``: a pyproject with the ``attnkit`` entry point (version 0.1.0,
-``attnkit>=0.1,<0.2``), README, CHANGELOG, a light ``__init__.py`` registering an
-``AttentionSpec``, a working reference backend (banded attention, a stand-in for the paper's
-mechanism) with a brute-force mask, and tests that run the shared contract suite. The result
-passes the contract as generated; ``nox -l`` lists its ``plugin-SLUG`` session at once, since
-nox discovers plugins from ``plugins/*/pyproject.toml``.
+writes ``plugins/attnkit-SLUG/`` for one of the four kinds of spec the registration hooks take:
+
+* ``attention``: an ``AttentionSpec`` (a kernel, ``q, k, v -> out``): banded attention with a
+  brute-force mask and a plain-torch reference backend;
+* ``module``: an ``AttentionModuleSpec`` (own projections and parameters): multi-head
+  attention whose head outputs are scaled by a learned per-token gate, ``strength=0`` being
+  plain multi-head attention (the reduction the module contract checks);
+* ``cache``: a ``KVCacheSpec`` (a ``CachePolicy``): the ``recent`` newest tokens plus the
+  older keys of smallest L2 norm, ``budget`` in all;
+* ``analysis``: an ``AnalysisSpec`` over run-time sites: the mean attention entropy of every
+  query head, from ``blocks.{l}.attn.hook_pattern``.
+
+Every kind gets a pyproject with the ``attnkit`` entry point (version 0.1.0,
+``attnkit>=0.1,<0.2``), README, CHANGELOG, ``changelog.d/``, a light ``__init__.py`` that only
+declares the spec (torch loads on first use), a working implementation of the stand-in, and
+tests against an independent reference plus the shared contract of its kind. The result
+passes ``attnkit check attnkit-SLUG`` as generated; ``nox -l`` lists its ``plugin-SLUG``
+session at once, since nox discovers plugins from ``plugins/*/pyproject.toml``.
+
+Templates: ``tools/new-plugin-template/<kind>/`` over ``tools/new-plugin-template/common/``
+(a file of the kind's folder replaces the common file of the same path).
 """
 
 from __future__ import annotations
@@ -18,13 +33,50 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = Path(__file__).resolve().parent / "new-plugin-template"
-KINDS = ("attention",)
+TEMPLATES = Path(__file__).resolve().parent / "new-plugin-template"
+#: Files every kind gets unless its own folder has a file of the same path.
+COMMON = TEMPLATES / "common"
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 ARXIV_RE = re.compile(r"^\d{4}\.\d{4,5}(v\d+)?$")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of plugin the scaffold writes.
+
+    :param spec_type: the spec class the plugin registers.
+    :param hook: the registration hook it implements.
+    :param standin: what the generated implementation computes, for help texts and the CHANGELOG.
+    """
+
+    spec_type: str
+    hook: str
+    standin: str
+
+
+#: Kind name -> what the scaffold writes for it; one template folder per kind.
+KINDS: dict[str, Kind] = {
+    "attention": Kind("AttentionSpec", "attnkit_register_attention", "banded attention with a brute-force mask"),
+    "module": Kind(
+        "AttentionModuleSpec",
+        "attnkit_register_attention",
+        "multi-head attention with per-token head gates, plain MHA at strength 0",
+    ),
+    "cache": Kind(
+        "KVCacheSpec",
+        "attnkit_register_caches",
+        "a recent window plus the older keys of smallest L2 norm",
+    ),
+    "analysis": Kind(
+        "AnalysisSpec",
+        "attnkit_register_analyses",
+        "mean attention entropy per query head over blocks.{l}.attn.hook_pattern",
+    ),
+}
 
 
 def _py_str(text: str) -> str:
@@ -35,7 +87,7 @@ def _py_str(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def tokens(slug: str, paper: str, arxiv: str | None) -> dict[str, str]:
+def tokens(slug: str, paper: str, arxiv: str | None, kind: str = "attention") -> dict[str, str]:
     """Placeholder values for the template, each already quoted for where it is used."""
     snake = slug.replace("-", "_")
     return {
@@ -43,6 +95,9 @@ def tokens(slug: str, paper: str, arxiv: str | None) -> dict[str, str]:
         "snake": snake,
         "const": snake.upper(),
         "class": "".join(part.capitalize() for part in slug.split("-")),
+        "kind": kind,
+        "spec_type": KINDS[kind].spec_type,
+        "standin": KINDS[kind].standin,
         "title": paper,
         "title_py": _py_str(paper),
         # A TOML basic string accepts JSON's escapes for the characters a title can hold.
@@ -62,6 +117,18 @@ def render(text: str, values: dict[str, str]) -> str:
     return text
 
 
+def template_files(kind: str) -> dict[str, Path]:
+    """Relative output path (placeholders unrendered, ``.tmpl`` kept) -> template file, the
+    kind's own files replacing the common ones."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} has no template; available kinds: {', '.join(KINDS)}")
+    files: dict[str, Path] = {}
+    for base in (COMMON, TEMPLATES / kind):
+        for src in sorted(base.rglob("*.tmpl")):
+            files[src.relative_to(base).as_posix()] = src
+    return files
+
+
 def generate(
     slug: str,
     *,
@@ -71,7 +138,7 @@ def generate(
     plugins_dir: Path | None = None,
     force: bool = False,
 ) -> Path:
-    """Write ``<plugins_dir>/attnkit-<slug>/`` from the template; returns that directory.
+    """Write ``<plugins_dir>/attnkit-<slug>/`` from the ``kind`` template; returns that directory.
 
     :raises ValueError: a bad slug, kind, paper title or arXiv id, or an existing target
         directory without ``force``.
@@ -79,7 +146,7 @@ def generate(
     if not SLUG_RE.match(slug):
         raise ValueError(f"slug must be lowercase words joined by '-', like 'sliding-window'; got {slug!r}")
     if kind not in KINDS:
-        raise ValueError(f"kind {kind!r} has no template yet; available kinds: {', '.join(KINDS)}")
+        raise ValueError(f"kind {kind!r} has no template; available kinds: {', '.join(KINDS)}")
     if not paper.strip():
         raise ValueError("paper title must not be empty")
     if arxiv is not None and not ARXIV_RE.match(arxiv):
@@ -88,10 +155,9 @@ def generate(
     target = plugins_dir / f"attnkit-{slug}"
     if target.exists() and not force:
         raise ValueError(f"{target} already exists; pass --force to overwrite its generated files")
-    values = tokens(slug, paper.strip(), arxiv)
-    for src in sorted(TEMPLATE.rglob("*.tmpl")):
-        rel = render(str(src.relative_to(TEMPLATE)), values).removesuffix(".tmpl")
-        dest = target / rel
+    values = tokens(slug, paper.strip(), arxiv, kind)
+    for rel, src in template_files(kind).items():
+        dest = target / render(rel, values).removesuffix(".tmpl")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(render(src.read_text(encoding="utf-8"), values), encoding="utf-8")
     (target / "changelog.d").mkdir(exist_ok=True)
@@ -100,9 +166,15 @@ def generate(
 
 
 def main(argv: list[str] | None = None) -> int:
+    kinds_help = "; ".join(f"{name}: {k.spec_type}, stand-in {k.standin}" for name, k in KINDS.items())
     parser = argparse.ArgumentParser(description="Create plugins/attnkit-SLUG from the plugin template.")
     parser.add_argument("slug", help="paper slug: distribution attnkit-SLUG, module attnkit_SLUG, spec SLUG")
-    parser.add_argument("--kind", default="attention", choices=KINDS, help="what the plugin registers")
+    parser.add_argument(
+        "--kind",
+        default="attention",
+        choices=list(KINDS),
+        help=f"what the plugin registers (default: attention) -- {kinds_help}".replace("%", "%%"),
+    )
     parser.add_argument("--paper", required=True, help="paper title")
     parser.add_argument("--arxiv", help="arXiv id, e.g. 2401.00001")
     parser.add_argument("--plugins-dir", type=Path, help="where to create the plugin (default: <repo>/plugins)")
@@ -119,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    print(f"created {target}")
-    print(f"next: pip install -e {target}[test] && attnkit check attnkit-{args.slug}   (or: nox -s plugin-{args.slug})")
+    print(f"created {target} ({KINDS[args.kind].spec_type} {args.slug!r})")
+    check = f"attnkit check attnkit-{args.slug}   (or: nox -s plugin-{args.slug})"
+    print(f"next: pip install -e {target}[test] && {check}")
     return 0
 
 

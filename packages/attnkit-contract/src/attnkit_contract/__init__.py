@@ -1,4 +1,5 @@
-"""attnkit-contract: the checks every attnkit attention plugin must pass.
+"""attnkit-contract: the checks every attnkit plugin must pass (attention kernels, modules,
+cache policies, analyses).
 
 Two ways in, as fsspec's abstract tests and scikit-learn's ``parametrize_with_checks``:
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from attnkit_contract.analysis_checks import ANALYSIS_CHECKS, parametrize_with_analysis_contract
     from attnkit_contract.cache_checks import CACHE_CHECKS, parametrize_with_cache_contract
     from attnkit_contract.checks import ATTENTION_CHECKS
     from attnkit_contract.harness import DEFAULT_TOLERANCES, ContractCase
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from attnkit_contract.runner import CheckResult, ContractFailure, check_spec, run
 
 __all__ = [
+    "ANALYSIS_CHECKS",
     "ATTENTION_CHECKS",
     "CACHE_CHECKS",
     "DEFAULT_TOLERANCES",
@@ -33,6 +36,7 @@ __all__ = [
     "ContractCase",
     "ContractFailure",
     "check_spec",
+    "parametrize_with_analysis_contract",
     "parametrize_with_cache_contract",
     "parametrize_with_contract",
     "parametrize_with_module_contract",
@@ -40,6 +44,8 @@ __all__ = [
 ]
 
 _WHERE = {
+    "ANALYSIS_CHECKS": "attnkit_contract.analysis_checks",
+    "parametrize_with_analysis_contract": "attnkit_contract.analysis_checks",
     "ATTENTION_CHECKS": "attnkit_contract.checks",
     "DEFAULT_TOLERANCES": "attnkit_contract.harness",
     "ContractCase": "attnkit_contract.harness",

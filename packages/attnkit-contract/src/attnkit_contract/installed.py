@@ -1,4 +1,4 @@
-"""The contract over every installed attention, module and cache spec, run by :func:`attnkit_contract.run`
+"""The contract over every installed attention, module, cache and analysis spec, run by :func:`attnkit_contract.run`
 (``pytest --pyargs attnkit_contract.installed [--attnkit-plugin NAME]``).
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from attnkit import load_plugins, registry
+from attnkit_contract.analysis_checks import parametrize_with_analysis_contract
 from attnkit_contract.cache_checks import parametrize_with_cache_contract
 from attnkit_contract.module_checks import parametrize_with_module_contract
 from attnkit_contract.parametrize import parametrize_with_contract
@@ -26,4 +27,9 @@ def test_module_contract(spec: Any, check: Any) -> None:
 
 @parametrize_with_cache_contract(registry.cache_specs())
 def test_cache_contract(spec: Any, check: Any) -> None:
+    check(spec)
+
+
+@parametrize_with_analysis_contract(registry.analysis_specs())
+def test_analysis_contract(spec: Any, check: Any) -> None:
     check(spec)
