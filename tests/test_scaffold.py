@@ -41,7 +41,18 @@ PAPER = 'Probe "Attention" Paper'
 ARXIV = "2401.00001"
 #: Files of each kind besides pyproject.toml, README.md, CHANGELOG.md and the entry module.
 KIND_FILES = {
-    "attention": ("params.py", "masks.py", "reference.py", "tests/test_contract.py"),
+    "attention": (
+        "params.py",
+        "masks.py",
+        "reference.py",
+        "cpu.py",
+        "gpu.py",
+        "_triton_kernels.py",
+        "flex.py",
+        "bench.py",
+        "tests/conftest.py",
+        "tests/test_contract.py",
+    ),
     "module": ("params.py", "module.py", "tests/test_contract.py"),
     "cache": ("params.py", "policy.py", "tests/test_contract.py"),
     "analysis": ("params.py", "analysis.py", "tests/test_contract.py"),
@@ -215,10 +226,9 @@ def test_writes_a_complete_plugin(plugins: dict[str, Path], kind: str) -> None:
     assert "```python" in readme  # a runnable example (tools/run_doc_examples.py runs these)
     changelog = (generated / "CHANGELOG.md").read_text()
     assert "## [0.1.0]" in changelog
-    if kind != "attention":  # the attention template predates the section; it is being rewritten
-        assert "## Reproduction" in readme
-        assert "Nothing is reproduced yet" in readme
-        assert f"--kind {kind}" in changelog
+    assert "## Reproduction" in readme
+    assert "Nothing is reproduced yet" in readme
+    assert f"--kind {kind}" in changelog
 
 
 @pytest.mark.parametrize("kind", KINDS)

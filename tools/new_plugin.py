@@ -7,7 +7,9 @@ Usage::
 writes ``plugins/attnkit-SLUG/`` for one of the four kinds of spec the registration hooks take:
 
 * ``attention``: an ``AttentionSpec`` (a kernel, ``q, k, v -> out``): banded attention with a
-  brute-force mask and a plain-torch reference backend;
+  brute-force mask and the usual backends on attnkit's backend kit (:mod:`attnkit.kernels`):
+  numba, Triton, a plain-torch reference (also the ONNX export path) and flex, plus a
+  declared benchmark;
 * ``module``: an ``AttentionModuleSpec`` (own projections and parameters): multi-head
   attention whose head outputs are scaled by a learned per-token gate, ``strength=0`` being
   plain multi-head attention (the reduction the module contract checks);
@@ -60,7 +62,11 @@ class Kind:
 
 #: Kind name -> what the scaffold writes for it; one template folder per kind.
 KINDS: dict[str, Kind] = {
-    "attention": Kind("AttentionSpec", "attnkit_register_attention", "banded attention with a brute-force mask"),
+    "attention": Kind(
+        "AttentionSpec",
+        "attnkit_register_attention",
+        "banded attention with a brute-force mask and numba, Triton, reference and flex backends on attnkit's backend kit",
+    ),
     "module": Kind(
         "AttentionModuleSpec",
         "attnkit_register_attention",
