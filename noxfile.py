@@ -3,6 +3,11 @@
 # ///
 """Every check of the attnkit monorepo: ``nox -l`` lists them, plain ``nox`` runs tests + lint.
 
+Test tiers: ``tests`` (what CI runs) is the default tier, each plugin within a time budget
+and the contract at its quick profile; ``slow`` and ``plugin-<slug>`` run the rest (tests
+marked ``slow``, the full contract). Nothing is skipped silently: ``tests`` ends with a table
+of seconds per plugin and what it left to the other sessions.
+
 Plugins are discovered from ``plugins/*/pyproject.toml``; no list is kept by hand, so a new
 plugin gets its ``plugin-<slug>`` session, its tests and its benchmark without editing this file.
 """
@@ -31,6 +36,10 @@ PLUGINS = [d.name.removeprefix("attnkit-") for d in PLUGIN_DIRS]
 # (package metadata keeps the range; this pin is only for the environments nox builds).
 TORCH = os.environ.get("ATTNKIT_NOX_TORCH", "torch==2.13.0")
 PYTEST_MARKERS = "not natten and not gpu"
+#: The default tier leaves these to `nox -s slow` and the plugin sessions (it says so at the end).
+DEFAULT_TIER = f"{PYTEST_MARKERS} and not slow"
+#: Per-plugin seconds of the default tier on 2 cores, flagged in its time table (docs/plugin-authors.md).
+PLUGIN_BUDGET_S = "30"
 
 
 def _threads() -> str:
@@ -90,21 +99,59 @@ def _plugin_dir(slug: str) -> str:
     return f"plugins/attnkit-{slug}"
 
 
-@nox.session
-def tests(session: nox.Session) -> None:
-    """Core, contract suite and every plugin installed together; CPU tests (no natten, no gpu)."""
+def _all_test_paths() -> list[str]:
+    return _existing(f"{CORE}/tests", f"{CONTRACT}/tests", *(f"{_plugin_dir(s)}/tests" for s in PLUGINS), "tests")
+
+
+def _install_all(session: nox.Session) -> None:
     _install(
         session, f"{CORE}[test,onnx,bench,models,smollm2]", CONTRACT, *(f"{_plugin_dir(s)}[test]" for s in PLUGINS)
     )
     _install_models(session)
-    paths = _existing(f"{CORE}/tests", f"{CONTRACT}/tests", *(f"{_plugin_dir(s)}/tests" for s in PLUGINS), "tests")
+
+
+def _contract_mixin_ignores() -> list[str]:
     # tests/test_contract_installed.py runs the contract over every installed spec, so each
     # plugin's own tests/test_contract.py (the same checks, for the plugin-<slug> session and
     # for third parties) would only repeat that work here.
-    ignores = [f"--ignore={p}" for p in _existing(*(f"{_plugin_dir(s)}/tests/test_contract.py" for s in PLUGINS))]
+    return [f"--ignore={p}" for p in _existing(*(f"{_plugin_dir(s)}/tests/test_contract.py" for s in PLUGINS))]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default tier: core, contract suite, every plugin's fast tests, quick contract; a time table per plugin."""
+    _install_all(session)
     # importlib mode: several plugins have a tests/test_contract.py, which the default
     # "prepend" mode would refuse to import twice under the same module name.
-    session.run("pytest", "--import-mode=importlib", "-m", PYTEST_MARKERS, *ignores, *paths, *session.posargs)
+    session.run(
+        "pytest",
+        "--import-mode=importlib",
+        "-m",
+        DEFAULT_TIER,
+        "--attnkit-profile=quick",
+        "--attnkit-timing",
+        f"--attnkit-budget={PLUGIN_BUDGET_S}",
+        *_contract_mixin_ignores(),
+        *_all_test_paths(),
+        *session.posargs,
+    )
+
+
+@nox.session(default=False)
+def slow(session: nox.Session) -> None:
+    """The slow tier: tests marked slow, then the contract checks the quick profile leaves out (profile rest)."""
+    _install_all(session)
+    session.run(
+        "pytest", "--import-mode=importlib", "-m", f"{PYTEST_MARKERS} and slow", *_contract_mixin_ignores(),
+        *_all_test_paths(), *session.posargs,
+    )  # fmt: skip
+    session.run(
+        "pytest",
+        "--import-mode=importlib",
+        "--attnkit-profile=rest",
+        "tests/test_contract_installed.py",
+        *session.posargs,
+    )
 
 
 def _make_plugin_session(slug: str) -> None:
@@ -114,10 +161,18 @@ def _make_plugin_session(slug: str) -> None:
             _install_models(session)
         paths = _existing(f"{_plugin_dir(slug)}/tests")
         if paths:
-            session.run("pytest", "--import-mode=importlib", "-m", PYTEST_MARKERS, *paths, *session.posargs)
+            # Every tier: the slow tests and the full contract (the plugin's tests/test_contract.py).
+            session.run(
+                "pytest", "--import-mode=importlib", "-m", PYTEST_MARKERS, "--attnkit-profile=full", *paths,
+                *session.posargs,
+            )  # fmt: skip
+        # The installed-plugin path users take; the full contract already ran above.
         session.run("attnkit", "check", f"attnkit-{slug}")
 
-    plugin.__doc__ = f"attnkit-{slug} alone with the core and the contract suite: its tests and `attnkit check`."
+    plugin.__doc__ = (
+        f"attnkit-{slug} alone with the core and the contract suite: all its tests (slow too), the full contract, "
+        "`attnkit check`."
+    )
     plugin.__name__ = f"plugin_{slug.replace('-', '_')}"
     nox.session(name=f"plugin-{slug}", default=False, tags=["plugins", slug])(plugin)
 

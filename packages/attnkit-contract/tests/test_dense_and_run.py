@@ -11,11 +11,13 @@ from attnkit_contract import ATTENTION_CHECKS, check_spec, run
 def test_dense_passes_the_whole_contract():
     results = check_spec(get_spec("dense"))  # raises ContractFailure listing any failure
     by_id = {r.id: r for r in results}
-    # Every check ran somewhere; the skips are the ones that do not apply to dense.
+    # Every check that applies to dense ran and passed: none is skipped.
     ran = {r.check for r in results if r.outcome == "passed"}
     assert ran == set(ATTENTION_CHECKS) - {"check_token_axes"}, sorted(set(ATTENTION_CHECKS) - ran)
-    assert by_id["dense.sdpa-check_return_lse"].outcome == "skipped"
-    assert "supports_lse=False" in by_id["dense.sdpa-check_return_lse"].message
+    assert all(r.outcome == "passed" for r in results), [r.id for r in results if r.outcome != "passed"]
+    # Checks that do not apply are not generated: sdpa returns no LSE, dense has one token axis.
+    assert "dense.sdpa-check_return_lse" not in by_id and "dense.reference-check_return_lse" in by_id
+    assert not any(r.check == "check_token_axes" for r in results)
     assert "dense.sdpa-check_onnx_export" in by_id and "dense.reference-check_onnx_export" not in by_id
 
 

@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 import attnkit  # noqa: E402
 from attnkit.runtime import ActivationPatch, Capture, HeadEdit, PatternRedistribute, ScoreEdit  # noqa: E402
 from attnkit.testing import TINY_VOCAB as VOCAB  # noqa: E402
-from attnkit.testing import tiny_causal_lm  # noqa: E402
+from attnkit.testing import band_brute_force_mask, registered_specs, tiny_causal_lm  # noqa: E402
 
 
 def tiny_llama(impl: str = "sdpa", seed: int = 0, model_type: str = "llama") -> torch.nn.Module:
@@ -211,24 +211,23 @@ def test_layers_option_leaves_other_layers_on_transformers_attention(llama: torc
 
 
 def test_plugin_kernel_in_a_real_model_matches_dense_under_its_mask() -> None:
-    spec = attnkit.get_spec("neighborhood")
     model = tiny_llama()
     x = ids(length=16)
-    params = spec.make_params(kernel_size=5)
-    from attnkit.registry import resolve
-
-    allowed = resolve(spec.mask)(params, (2, 4, 16, 16), (2, 2, 16, 16), True)
-    with torch.no_grad():
-        with attnkit.patch(model, "neighborhood", attention_params={"kernel_size": 5}):
-            out = model(x).logits
-        ref = model(x, attention_mask=allowed[None, None].expand(2, 1, 16, 16)).logits
+    with registered_specs() as (spec,):
+        params = spec.make_params(window=3)
+        allowed = band_brute_force_mask(params, (2, 4, 16, 16), (2, 2, 16, 16), True)
+        with torch.no_grad():
+            with attnkit.patch(model, spec.name, attention_params={"window": 3}):
+                out = model(x).logits
+            ref = model(x, attention_mask=allowed[None, None].expand(2, 1, 16, 16)).logits
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_attention_params_raise(llama: torch.nn.Module) -> None:
     with (
-        pytest.raises((ValueError, TypeError), match="kernel_size"),
-        attnkit.patch(llama, "neighborhood", attention_params={"kernel_size": -3}),
+        registered_specs() as (spec,),
+        pytest.raises((ValueError, TypeError), match="window"),
+        attnkit.patch(llama, spec.name, attention_params={"window": -3}),
     ):
         pass
 

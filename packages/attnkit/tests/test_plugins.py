@@ -7,6 +7,9 @@ Test plugins are plain objects with ``@hookimpl`` methods, registered with
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import textwrap
 
 import pluggy
@@ -15,7 +18,7 @@ import torch
 
 from attnkit import AnalysisSpec, AttentionSpec, Backend, KVCacheSpec, hookimpl, registry
 from attnkit.hookspecs import RuntimeSpecs
-from attnkit.plugins import broken_plugins, get_plugins, register_plugin, unregister_plugin
+from attnkit.plugins import _core_version, broken_plugins, get_plugins, register_plugin, unregister_plugin
 
 pytestmark = pytest.mark.usefixtures("clean_plugins")
 
@@ -248,3 +251,115 @@ def test_incompatible_core_requirement_is_reported_broken(tmp_path, monkeypatch,
         (bad,) = [p for p in broken_plugins() if p.name == "future"]
         assert bad.error.startswith("IncompatibleCore: requires attnkit>=99")
         assert "future" not in registry and "dense" in registry
+
+
+def test_incompatible_core_from_an_egg_info_requires_txt(tmp_path, monkeypatch, plugin_env):
+    # setup.py-era installs keep requirements in requires.txt, not in Requires-Dist lines.
+    (tmp_path / "attnkit_oldstyle.py").write_text("")
+    info = tmp_path / "attnkit_oldstyle.egg-info"
+    info.mkdir()
+    (info / "PKG-INFO").write_text("Metadata-Version: 1.2\nName: attnkit-oldstyle\nVersion: 0.3\n")
+    (info / "requires.txt").write_text("attnkit>=99\n")
+    (info / "entry_points.txt").write_text("[attnkit]\noldstyle = attnkit_oldstyle\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="attnkit-oldstyle"):
+        (bad,) = broken_plugins()
+        assert (bad.name, bad.distribution, bad.version) == ("oldstyle", "attnkit-oldstyle", "0.3")
+        assert bad.error == f"IncompatibleCore: requires attnkit>=99 but attnkit {_core_version()} is installed"
+
+
+# Requires-Dist lines and core versions the compatibility check must read as packaging does;
+# the plain ranges are read without packaging, the rest through it.
+REQUIREMENTS = [
+    "attnkit>=0.1,<0.2",
+    "attnkit<0.2,>=0.1",
+    "attnkit >= 0.1 , < 0.2",
+    "attnkit==0.1",
+    "attnkit!=0.1.0",
+    "attnkit>0.1",
+    "attnkit<=0.1.0",
+    "attnkit>=99",
+    "attnkit",
+    "Attnkit>=2",
+    "attnkit (>=0.2)",
+    "attnkit[hf]>=0.2",
+    "attnkit>=0.2; extra == 'test'",
+    "attnkit>=0.2; python_version >= '3'",
+    "attnkit~=0.1.0",
+    "attnkit==0.1.*",
+    "attnkit>=0.2.0rc1",
+    "attnkit-contract>=99",
+    "attnkit_contract>=99",
+]
+
+
+@pytest.mark.parametrize("core", ["0.1.0", "0.2", "1.0.0rc1", "0.1.0.post1", "0.10.0"])
+@pytest.mark.parametrize("line", REQUIREMENTS)
+def test_core_compatibility_reads_requirements_like_packaging(line: str, core: str) -> None:
+    from packaging.requirements import Requirement
+
+    from attnkit.plugins import _incompatible_core
+
+    req = Requirement(line)
+    excluded = (
+        req.name.lower() == "attnkit"
+        and not (req.marker is not None and "extra" in str(req.marker))
+        and bool(req.specifier)
+        and not req.specifier.contains(core, prereleases=True)
+    )
+    why = _incompatible_core([line], core)
+    assert (why is not None) == excluded, why
+    if why is not None:
+        assert why == f"requires attnkit{req.specifier} but attnkit {core} is installed"
+
+
+def test_plain_core_ranges_do_not_import_packaging(tmp_path):
+    # packaging is a sizeable import that every start-up would pay for otherwise.
+    _fake_distribution(
+        tmp_path,
+        "attnkit-plain",
+        "attnkit_plain",
+        "Requires-Dist: attnkit<99,>=0.1\nRequires-Dist: torch>=2.5\nRequires-Dist: pytest; extra == 'test'\n",
+        """
+        from attnkit import AttentionSpec, Backend, hookimpl
+
+        @hookimpl
+        def attnkit_register_attention(register):
+            register(AttentionSpec(name="plain", backends=(Backend("reference", "math:sqrt"),)))
+        """,
+    )
+    code = "import sys, attnkit; print(attnkit.get_spec('plain').name, 'packaging' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env["ATTNKIT_LOAD_PLUGINS"] = "attnkit-plain"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["plain", "False"]
+
+
+def test_each_plugin_distribution_metadata_is_parsed_once(monkeypatch, plugin_env):
+    from collections import Counter
+    from importlib import metadata
+
+    parsed: Counter[str] = Counter()
+    real = metadata.Distribution.metadata
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        meta = real.fget(self)
+        parsed[meta["Name"]] += 1
+        return meta
+
+    monkeypatch.setattr(metadata.Distribution, "metadata", property(counting))
+    with plugin_env(ATTNKIT_LOAD_PLUGINS=None):
+        loaded = {p.distribution for p in get_plugins() if not p.builtin}
+        assert loaded and parsed  # the installed plugins were loaded through the counter
+        # Name, version and Requires-Dist come from one parse; the core's version is read once.
+        assert {name: n for name, n in parsed.items() if n > 1} == {}
+
+
+def test_import_attnkit_leaves_plugin_loading_for_later():
+    code = (
+        "import sys, attnkit; before = 'attnkit.plugins' in sys.modules; "
+        "print(before, len(attnkit.get_plugins()) > 0, attnkit.load_plugins is attnkit.plugins.load_plugins)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True", "True"]

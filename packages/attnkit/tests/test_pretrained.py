@@ -44,6 +44,7 @@ def test_missing_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @needs_smollm2
+@pytest.mark.slow  # loads the model twice more, once from the GGUF file
 def test_smollm2_shape_and_cached_reload_is_identical(smollm2, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     model, tok = smollm2
     c = model.config
@@ -70,6 +71,7 @@ def test_smollm2_dense_patch_equal_logits_and_gqa_unexpanded(smollm2) -> None:  
 
 
 @needs_smollm2
+@pytest.mark.slow  # generation on the real model
 def test_smollm2_answers_with_patched_attention(smollm2) -> None:  # type: ignore[no-untyped-def]
     model, tok = smollm2
     msgs = [{"role": "user", "content": "What is the capital of France?"}]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("sklearn")
+# A reproduction (training runs): the slow tier.
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "reproduce.py"
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
+# A reproduction (training runs): the slow tier.
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "reproduce.py"
 

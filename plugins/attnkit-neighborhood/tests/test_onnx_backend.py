@@ -61,7 +61,9 @@ EXPORT_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(EXPORT_CASES))
+# Each export takes seconds: the default tier exports the 2D case (per-axis causal, dilation),
+# the slow tier all of them.
+@pytest.mark.parametrize("name", [n if n == "2d" else pytest.param(n, marks=pytest.mark.slow) for n in EXPORT_CASES])
 def test_exported_graph_runs_at_other_sizes(name, tmp_path):
     trace_shape, test_shapes, kv_heads, causal, params = EXPORT_CASES[name]
     errors = check_attention_export(

@@ -21,7 +21,11 @@ from attnkit_sinklora.params import SFAttnParams
 
 @pytest.mark.parametrize(
     ("kw", "causal"),
-    [({"group_size_ratio": 0.25, "n_sink": 2}, True), ({"group_size": 4, "n_sink": 3, "shifted": True}, False)],
+    [
+        ({"group_size_ratio": 0.25, "n_sink": 2}, True),
+        # Each export takes seconds: the second runs in the slow tier.
+        pytest.param({"group_size": 4, "n_sink": 3, "shifted": True}, False, marks=pytest.mark.slow),
+    ],
 )
 def test_export_runs_at_other_lengths(tmp_path: Path, kw: dict, causal: bool) -> None:
     module = AttentionModule("sf_attn", is_causal=causal, **kw)

@@ -239,13 +239,30 @@ ANALYSIS_CHECKS: dict[str, Callable[[Any], None]] = {
 }
 
 
+def _declares_invalid_values(spec: Any) -> bool:
+    from attnkit_contract.checks import _invalid_values
+
+    return any(_invalid_values(f) for f in dataclasses.fields(spec.params))
+
+
+#: Which analysis checks apply to a spec, from what it declares (see ``checks.APPLIES``).
+ANALYSIS_APPLIES: dict[str, Callable[[Any], bool]] = {"check_analysis_params_validate": _declares_invalid_values}
+
+
 def analysis_contract_params(specs: Iterable[Any]) -> list[Any]:
     """The ``pytest.param`` list behind :func:`parametrize_with_analysis_contract`: values
     ``(spec, check_function)``, ids ``<spec>-<check>``, strict xfails from the spec's
     ``expected_failed_checks``."""
     from attnkit_contract.runner import spec_check_params
 
-    return spec_check_params(specs, "analysis", ANALYSIS_CHECKS, ANALYSIS_BACKEND, "parametrize_with_analysis_contract")
+    return spec_check_params(
+        specs,
+        "analysis",
+        ANALYSIS_CHECKS,
+        ANALYSIS_BACKEND,
+        "parametrize_with_analysis_contract",
+        applies=ANALYSIS_APPLIES,
+    )
 
 
 def parametrize_with_analysis_contract(specs: Iterable[Any]) -> Callable[[F], F]:

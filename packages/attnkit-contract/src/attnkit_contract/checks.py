@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from attnkit.registry import AttentionSpec
+from attnkit_contract import profiles
 from attnkit_contract.harness import (
     DTYPES,
     GRAD_TOLERANCE_FACTOR,
@@ -42,7 +43,15 @@ from attnkit_contract.harness import (
     run_backend,
 )
 
-__all__ = ["ATTENTION_CHECKS", "SPEC_LEVEL_CHECKS", "CheckFn", "spec_level_backend", "yield_contract"]
+__all__ = [
+    "APPLIES",
+    "ATTENTION_CHECKS",
+    "SPEC_LEVEL_CHECKS",
+    "CheckFn",
+    "applies",
+    "spec_level_backend",
+    "yield_contract",
+]
 
 CheckFn = Callable[..., None]
 
@@ -195,7 +204,11 @@ def check_matches_reference(spec: AttentionSpec, backend: str, case: ContractCas
     backend refuses is skipped)."""
     ctx = _ctx(spec, backend, case)
     hq, hkv = _heads(spec)
-    for params, causal, dtypes in _dtype_grid(ctx, _params(spec, 13)):
+    sets = _params(spec, 13)
+    small = profiles.is_reduced(spec, backend, "check_matches_reference")
+    for params, causal, dtypes in _dtype_grid(ctx, sets[:1] if small else sets):
+        if small:  # the quick profile's one small check of a compiled / interpreted backend
+            dtypes = [d for d in dtypes if d in ("float64", "float32")]
         _compare(ctx, q_shape=(2, hq, 13, 16), kv_heads=hkv, dtypes=dtypes, params=params, is_causal=causal)
     ctx.attempts.done()
 
@@ -359,7 +372,8 @@ def check_odd_lengths(spec: AttentionSpec, backend: str, case: ContractCase | No
     130) match the oracle for every parameter set; causal for the first."""
     ctx = _ctx(spec, backend, case)
     hkv = 1 if spec.gqa else 2
-    for t in ctx.case.lengths:
+    lengths = profiles.QUICK_LENGTHS if profiles.is_reduced(spec, backend, "check_odd_lengths") else ctx.case.lengths
+    for t in lengths:
         sets = _params(spec, t)
         for i, params in enumerate(sets):
             for causal in _causal_options(spec) if i == 0 else [False]:
@@ -724,8 +738,12 @@ def check_hypothesis_property(spec: AttentionSpec, backend: str, case: ContractC
 
     ctx = _ctx(spec, backend, case)
 
+    examples = ctx.case.max_examples
+    if profiles.is_reduced(spec, backend, "check_hypothesis_property"):
+        examples = min(examples, profiles.QUICK_EXAMPLES)
+
     @settings(
-        max_examples=ctx.case.max_examples,
+        max_examples=examples,
         deadline=None,
         derandomize=True,
         database=None,
@@ -860,13 +878,44 @@ def spec_level_backend(spec: AttentionSpec, check: str) -> str:
     return "reference" if "reference" in names else names[0]
 
 
+#: Which checks apply to a spec / backend, from what they declare (scikit-learn's
+#: ``_yield_*_checks`` from estimator tags): a check that does not apply is never generated,
+#: so ``pytest.skip`` is left for "this environment cannot" (no GPU, a dtype refused here).
+APPLIES: Mapping[str, Callable[[AttentionSpec, Any], bool]] = {
+    "check_mask_semantics": lambda spec, b: spec.mask is not None,
+    "check_gradient": lambda spec, b: b.differentiable,
+    "check_causal_no_future": lambda spec, b: spec.causal,
+    "check_gqa": lambda spec, b: spec.gqa,
+    "check_token_axes": lambda spec, b: bool(_multi_axis_shapes(spec)),
+    "check_fully_masked_rows": lambda spec, b: b.supports_mask,
+    "check_return_lse": lambda spec, b: b.supports_lse,
+    "check_onnx_export": lambda spec, b: spec.onnx,
+}
+
+
+def applies(spec: AttentionSpec, backend: str, check: str) -> bool:
+    """Whether ``check`` applies to ``spec``'s ``backend`` (its declared capabilities) and, for
+    a spec-level check, whether ``backend`` is the one it runs under."""
+    if check in SPEC_LEVEL_CHECKS and backend != spec_level_backend(spec, check):
+        return False
+    rule = APPLIES.get(check)
+    return rule is None or bool(rule(spec, spec.backend(backend)))
+
+
 def yield_contract(
-    spec: AttentionSpec, backends: Sequence[str] | None = None, checks: Sequence[str] | None = None
+    spec: AttentionSpec,
+    backends: Sequence[str] | None = None,
+    checks: Sequence[str] | None = None,
+    *,
+    profile: str | None = None,
 ) -> Iterator[tuple[str, str]]:
-    """``(backend, check name)`` pairs to run for ``spec``, backends in priority order.
+    """``(backend, check name)`` pairs to run for ``spec``, backends in priority order: the
+    checks that apply (:func:`applies`) and that the profile runs
+    (:func:`attnkit_contract.profiles.included`; left-out ones are recorded).
 
     :param backends: restrict to these backend names (unknown ones raise ``ValueError``).
     :param checks: restrict to these check names (unknown ones raise ``ValueError``).
+    :param profile: ``quick``, ``full`` or ``rest`` (default: ``ATTNKIT_CONTRACT_PROFILE``).
     """
     names = [b.name for b in spec.backends]
     if backends is not None:
@@ -881,6 +930,10 @@ def yield_contract(
             raise ValueError(f"unknown check(s) {unknown}; the checks are: {', '.join(ATTENTION_CHECKS)}")
         wanted = [c for c in wanted if c in checks]
     for backend, check in itertools.product(names, wanted):
-        if check in SPEC_LEVEL_CHECKS and backend != spec_level_backend(spec, check):
+        if not applies(spec, backend, check):
+            continue
+        reason = profiles.included(spec, backend, check, profile)
+        if reason is not None:
+            profiles.record_left_out(spec, backend, check, reason)
             continue
         yield backend, check

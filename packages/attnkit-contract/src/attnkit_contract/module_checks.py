@@ -308,13 +308,23 @@ MODULE_CHECKS: dict[str, Callable[..., None]] = {
 }
 
 
+#: Which module checks apply to a spec, from what it declares (see ``checks.APPLIES``).
+MODULE_APPLIES: dict[str, Callable[[Any], bool]] = {
+    "check_module_reduction": lambda spec: spec.reduction is not None,
+    "check_module_train_eval": lambda spec: not spec.train_eval_differ,
+    "check_module_onnx_export": lambda spec: spec.onnx,
+}
+
+
 def module_contract_params(specs: Iterable[Any]) -> list[Any]:
     """The ``pytest.param`` list behind :func:`parametrize_with_module_contract`: values
     ``(spec, check_function)``, ids ``<spec>-<check>``, strict xfails from the spec's
     ``expected_failed_checks``."""
     from attnkit_contract.runner import spec_check_params
 
-    return spec_check_params(specs, "module", MODULE_CHECKS, MODULE_BACKEND, "parametrize_with_module_contract")
+    return spec_check_params(
+        specs, "module", MODULE_CHECKS, MODULE_BACKEND, "parametrize_with_module_contract", applies=MODULE_APPLIES
+    )
 
 
 def parametrize_with_module_contract(specs: Iterable[Any]) -> Callable[[F], F]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,7 @@ def check_spec(
     *,
     case: Any = None,
     raise_on_failure: bool = True,
+    profile: str | None = None,
 ) -> list[CheckResult]:
     """Run every contract check on ``spec`` and report each outcome.
 
@@ -76,7 +77,9 @@ def check_spec(
         environment).
     :param raise_on_failure: raise :class:`ContractFailure` (an ``AssertionError``) listing
         every failed or unexpectedly passing check.
-    :returns: one :class:`CheckResult` per ``(backend, check)``.
+    :param profile: ``quick``, ``full`` or ``rest`` (default: ``ATTNKIT_CONTRACT_PROFILE``,
+        else ``full``; see :mod:`attnkit_contract.profiles`).
+    :returns: one :class:`CheckResult` per ``(backend, check)`` the profile runs.
 
     .. versionadded:: 0.1
     """
@@ -87,7 +90,7 @@ def check_spec(
 
         spec = attnkit.get_spec(spec, "attention")
     results = []
-    for backend, name in yield_contract(spec, backends, checks):
+    for backend, name in yield_contract(spec, backends, checks, profile=profile):
         xfail_reason = expected_failure(spec, backend, name)
         try:
             ATTENTION_CHECKS[name](spec, backend, case)
@@ -146,39 +149,81 @@ def resolve_plugin(plugin: str) -> set[str]:
     return {i.distribution or i.name for i in working}
 
 
-def run(plugin: str | None = None, pytest_args: Sequence[str] = ()) -> int:
-    """Run the contract suite over installed attention specs with pytest, in-process.
+def run(
+    plugin: str | None = None,
+    pytest_args: Sequence[str] = (),
+    *,
+    profile: str | None = None,
+    progress: bool = False,
+) -> int:
+    """Run the contract suite over installed specs with pytest, in-process.
 
     :param plugin: only the specs of this plugin (see :func:`resolve_plugin`); ``None`` runs
         every installed spec.
     :param pytest_args: extra pytest arguments (``-x``, ``-k numba``, ``-q`` ...).
+    :param profile: ``quick``, ``full`` or ``rest`` (:mod:`attnkit_contract.profiles`);
+        default ``ATTNKIT_CONTRACT_PROFILE``, else ``full``.
+    :param progress: print one line per check (spec, backend, check, result, seconds) and a
+        summary naming what the profile left out, instead of pytest's own output.
     :returns: pytest's exit code (0 when every check passed, was skipped or xfailed).
     :raises ValueError: ``plugin`` is not installed (the message lists what is).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``profile`` and ``progress``.
     """
+    from attnkit_contract import profiles
+
     args = ["--pyargs", "attnkit_contract.installed", "-p", "no:cacheprovider"]
+    dists = None
     if plugin is not None:
-        resolve_plugin(plugin)  # fail before pytest starts, with the list of installed plugins
+        dists = resolve_plugin(plugin)  # fail before pytest starts, with the list of installed plugins
         args += ["--attnkit-plugin", plugin]
+    if profile is not None:
+        if profile not in profiles.PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(profiles.PROFILES)}, got {profile!r}")
+        args += ["--attnkit-profile", profile]
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         # Without autoload the pytest11 entry point is not read; name the plugin module.
         args += ["-p", "attnkit_contract.plugin"]
-    return int(pytest.main([*args, *pytest_args]))
+    if not progress:
+        return int(pytest.main([*args, *pytest_args]))
+    from attnkit_contract.progress import ProgressReport
+
+    # pytest captures fd 1 while it runs: write the progress to a duplicate taken now.
+    stream = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    try:
+        report = ProgressReport(stream, plugin=plugin, dists=dists, profile=profile or profiles.current_profile())
+        return int(pytest.main([*args, "-p", "no:terminal", *pytest_args], plugins=[report]))
+    finally:
+        stream.close()
 
 
-def spec_check_params(specs: Any, kind: str, checks: Any, backend: str, caller: str) -> list[Any]:
-    """``pytest.param((spec, check_function))`` for every spec of ``kind`` and every check, with
-    ids ``<spec>-<check>``, the ``attnkit_contract`` marker, and strict xfails from the spec's
-    ``expected_failed_checks`` (filed under ``backend``). Module and cache contracts share it.
+def spec_check_params(
+    specs: Any, kind: str, checks: Any, backend: str, caller: str, applies: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """``pytest.param((spec, check_function))`` for every spec of ``kind`` and every check the
+    contract profile runs (:mod:`attnkit_contract.profiles`), with ids ``<spec>-<check>``, the
+    ``attnkit_contract`` marker, and strict xfails from the spec's ``expected_failed_checks``
+    (filed under ``backend``). Module, cache and analysis contracts share it.
 
+    :param applies: check name -> ``(spec) -> bool``: a check whose rule says False does not
+        apply to the spec (from what it declares) and is not generated.
     :raises TypeError: naming ``caller`` for a spec of another kind.
     """
+    from attnkit_contract import profiles
+
     params = []
     for spec in specs:
         if getattr(spec, "kind", None) != kind:
             raise TypeError(f"{caller} takes {kind} specs, got {spec!r}")
         for name, fn in checks.items():
+            rule = (applies or {}).get(name)
+            if rule is not None and not rule(spec):
+                continue
+            left_out = profiles.included(spec, None, name)
+            if left_out is not None:
+                profiles.record_left_out(spec, None, name, left_out)
+                continue
             marks: list[Any] = [
                 pytest.mark.attnkit_contract(spec=spec.name, plugin=spec.plugin, backend=backend, check=name)
             ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from attnkit.hookspecs import hookimpl, hookspec
-from attnkit.plugins import get_plugins, load_plugins
 from attnkit.registry import (
     AnalysisSpec,
     AttentionModuleSpec,
@@ -30,6 +29,8 @@ from attnkit.registry import (
 
 if TYPE_CHECKING:
     import torch
+
+    from attnkit.plugins import get_plugins, load_plugins
 
 __all__ = [
     "AnalysisSpec",
@@ -60,12 +61,16 @@ def get_spec(name: str, kind: str | None = None) -> Any:
     :param kind: ``"attention"``, ``"module"``, ``"cache"`` or ``"analysis"`` to restrict the
         lookup. Unknown names raise ``ValueError`` listing the available ones.
     """
+    from attnkit.plugins import load_plugins
+
     load_plugins()
     return registry.get(name, kind)
 
 
 def list_specs(kind: str | None = None) -> list[Spec]:
     """Every installed spec, or those of one ``kind``, sorted by name."""
+    from attnkit.plugins import load_plugins
+
     load_plugins()
     return list(registry) if kind is None else registry.of_kind(kind)
 
@@ -89,6 +94,12 @@ def attention(
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("get_plugins", "load_plugins"):
+        # attnkit.plugins imports importlib.metadata (email, zipfile ...): only when plugins
+        # are asked for, which list_specs() and get_spec() do themselves.
+        from attnkit import plugins
+
+        return getattr(plugins, name)
     if name == "patch":  # imports torch and transformers: only when asked for
         from attnkit.hf import patch
 

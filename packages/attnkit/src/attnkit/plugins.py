@@ -15,11 +15,13 @@ Environment:
 
 from __future__ import annotations
 
+import operator
 import os
+import re
 import sys
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -97,21 +99,81 @@ def _env_list(name: str) -> set[str] | None:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
-def _incompatible_core(dist: metadata.Distribution) -> str | None:
-    """Return why ``dist`` cannot run with the installed core, from its ``Requires-Dist``."""
-    from packaging.requirements import InvalidRequirement, Requirement
+#: The project name a ``Requires-Dist`` line starts with.
+_REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+#: One clause of a plain version range (``>=0.1``, ``< 0.2``), the form plugins give the core.
+_PLAIN_CLAUSE = re.compile(r"\s*(==|!=|<=|>=|<|>)\s*(\d+(?:\.\d+)*)\s*")
+_PLAIN_VERSION = re.compile(r"\d+(?:\.\d+)*")
+_COMPARE = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+}
 
-    core = _core_version()
-    for raw in dist.requires or []:
-        try:
-            req = Requirement(raw)
-        except InvalidRequirement:
-            continue
-        if req.name.lower() != "attnkit" or (req.marker is not None and "extra" in str(req.marker)):
-            continue
-        if req.specifier and not req.specifier.contains(core, prereleases=True):
-            return f"requires attnkit{req.specifier} but attnkit {core} is installed"
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = [int(p) for p in version.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:  # 0.1 == 0.1.0: PEP 440 pads releases with zeros
+        parts.pop()
+    return tuple(parts)
+
+
+def _plain_range(specifier: str, core: str) -> tuple[bool, str] | None:
+    """``(whether core is in range, the range as packaging prints it)`` for a range of plain
+    release numbers such as ``>=0.1,<0.2``; ``None`` for anything else (extras, markers,
+    wildcards, ``~=``, pre-releases ...), which :mod:`packaging` reads instead.
+
+    This is what almost every plugin declares, and reading it here keeps ``packaging`` (a
+    sizeable import) out of start-up.
+    """
+    if not _PLAIN_VERSION.fullmatch(core):
+        return None
+    if not specifier.strip():
+        return True, ""
+    have = _release(core)
+    ok, clauses = True, []
+    for clause in specifier.split(","):
+        match = _PLAIN_CLAUSE.fullmatch(clause)
+        if match is None:
+            return None
+        op, want = match.group(1), _release(match.group(2))
+        ok = ok and _COMPARE[op](have, want)
+        clauses.append(op + match.group(2))
+    return ok, ",".join(sorted(clauses))
+
+
+def _incompatible_core(requires: Iterable[str], core: str) -> str | None:
+    """Why a distribution with these ``Requires-Dist`` lines cannot run with core ``core``."""
+    for raw in requires:
+        name = _REQUIREMENT_NAME.match(raw)
+        if name is None or re.sub(r"[-_.]+", "-", name.group(1)).lower() != "attnkit":
+            continue  # another project: most lines, and not worth parsing
+        plain = _plain_range(raw[name.end() :], core)
+        if plain is not None:
+            ok, specifier = plain
+        else:
+            from packaging.requirements import InvalidRequirement, Requirement
+
+            try:
+                req = Requirement(raw)
+            except InvalidRequirement:
+                continue
+            if req.marker is not None and "extra" in str(req.marker):
+                continue
+            ok = not req.specifier or req.specifier.contains(core, prereleases=True)
+            specifier = str(req.specifier)
+        if not ok:
+            return f"requires attnkit{specifier} but attnkit {core} is installed"
     return None
+
+
+def _requires(dist: metadata.Distribution, meta: Any) -> list[str]:
+    """``dist``'s requirements from its parsed ``meta`` (an egg-info keeps them in
+    ``requires.txt``, which ``dist.requires`` reads)."""
+    return (meta.get_all("Requires-Dist") if meta is not None else None) or dist.requires or []
 
 
 def _short_error(exc: BaseException) -> str:
@@ -240,14 +302,18 @@ def load_plugins(*, force: bool = False) -> None:
             _enable_tracing()
         import importlib
 
+        # Every metadata lookup parses a METADATA file: read the core's version once, and
+        # each plugin's name, version and requirements from one parse of its own.
+        core = _core_version()
         for module_name in DEFAULT_PLUGINS:
             module = importlib.import_module(module_name)
-            register_plugin(module, name=module_name, distribution="attnkit", version=_core_version(), builtin=True)
+            register_plugin(module, name=module_name, distribution="attnkit", version=core, builtin=True)
         allow = _env_list("ATTNKIT_LOAD_PLUGINS")
         deny = _env_list("ATTNKIT_DISABLE_PLUGINS") or set()
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist
-            dist_name = dist.metadata["Name"] if dist is not None else None
+            meta = dist.metadata if dist is not None else None
+            dist_name = meta["Name"] if meta is not None else None
             if allow is not None and dist_name not in allow and ep.name not in allow:
                 continue
             if dist_name in deny or ep.name in deny:
@@ -257,11 +323,11 @@ def load_plugins(*, force: bool = False) -> None:
                 continue
             info = PluginInfo(
                 name=ep.name,
-                version=dist.version if dist is not None else None,
+                version=meta["Version"] if meta is not None else None,
                 distribution=dist_name,
                 module=ep.value,
             )
-            why = _incompatible_core(dist) if dist is not None else None
+            why = _incompatible_core(_requires(dist, meta), core) if dist is not None else None
             if why is not None:
                 _mark_broken(info, f"IncompatibleCore: {why}")
                 continue

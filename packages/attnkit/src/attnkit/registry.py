@@ -119,6 +119,14 @@ class Backend:
     :param devices: device types it runs on (``"cpu"``, ``"cuda"``); ``None`` means any.
     :param dtypes: dtype names it accepts (``"float32"`` ...); ``None`` means any float dtype.
     :param auto: whether :func:`choose` may pick it without being asked by name.
+    :param cost: what makes calling it expensive in tests, for the contract suite's tiers:
+        ``"compile"`` (``torch.compile`` per new shape, e.g. FlexAttention), ``"interpreter"``
+        (Triton kernels, run by Triton's interpreter on CPU). The quick profile runs such a
+        backend through one small check only.
+    :param requires: top-level import names of the optional modules it needs (``("numba",
+        "scipy")``). ``attnkit info`` and ``attnkit plugins`` look these up with
+        :func:`importlib.util.find_spec` instead of calling ``can_run``, which may import
+        them (seconds, for numba); a call still goes through ``can_run``.
     """
 
     name: str
@@ -132,6 +140,12 @@ class Backend:
     dtypes: tuple[str, ...] | None = None
     auto: bool = True
     description: str = ""
+    cost: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.requires, tuple) or not all(isinstance(m, str) and m for m in self.requires):
+            raise TypeError(f"backend {self.name!r}: requires must be a tuple of module names, got {self.requires!r}")
 
     def load(self) -> Callable[..., Any]:
         """Import and return the implementation."""
@@ -145,6 +159,17 @@ class Backend:
 
     def reason_not_to_run(self, call: CallInfo) -> str | None:
         """Return why this backend cannot serve ``call``, or ``None`` when it can."""
+        reason = self.declared_reason(call)
+        if reason is not None or self.can_run is None:
+            return reason
+        try:
+            return resolve(self.can_run)(call)
+        except Exception as exc:  # a missing optional dependency is a reason, not a crash
+            return f"{type(exc).__name__}: {exc}"
+
+    def declared_reason(self, call: CallInfo) -> str | None:
+        """Why the declared fields (devices, dtypes, flags) rule ``call`` out, or ``None``.
+        ``can_run`` is not consulted, so nothing is imported."""
         if self.devices is not None and call.device.type not in self.devices:
             return f"runs on {'/'.join(self.devices)}, not {call.device.type}"
         if self.dtypes is not None:
@@ -159,12 +184,7 @@ class Backend:
             return "does not accept an explicit mask"
         if call.exporting and not self.traceable:
             return "cannot be traced by torch.export (ONNX export)"
-        if self.can_run is None:
-            return None
-        try:
-            return resolve(self.can_run)(call)
-        except Exception as exc:  # a missing optional dependency is a reason, not a crash
-            return f"{type(exc).__name__}: {exc}"
+        return None
 
 
 _LOADED: dict[int, tuple[Backend, Callable[..., Any]]] = {}

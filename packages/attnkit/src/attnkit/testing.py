@@ -183,10 +183,10 @@ BAND = AttentionSpec(
             name="reference",
             impl=band_reference,
             supports_mask=True,
+            traceable=True,
             description="attnkit.reference.attention under the band mask, float32/float64",
         ),
     ),
-    onnx=False,
     mask=band_brute_force_mask,
     contract_params=_band_contract_params,
 )

