@@ -100,3 +100,58 @@ def test_neighborhood_still_computes_next_to_broken_plugins(broken_site: Path) -
     names, err = proc.stdout.strip().rsplit(" ", 1)
     assert names == "['crashes', 'tomorrow']"
     assert float(err) < 1e-12
+
+
+@pytest.fixture
+def hostile_site(tmp_path: Path) -> Path:
+    """A plugin exiting at import, one taking attnkit-neighborhood's name (its entry point
+    sorts first), and one whose core requirement cannot be read."""
+    _dist(tmp_path, "attnkit-exits", "attnkit_exits", "import sys\nsys.exit(3)\n")
+    (tmp_path / "attnkit_fake_impl.py").write_text(
+        "def forty_two(q, k, v, *, params, is_causal, scale, return_lse):\n    return q * 0 + 42\n"
+    )
+    _dist(
+        tmp_path,
+        "attnkit-aaa",
+        "attnkit_aaa",
+        """
+        from attnkit import AttentionSpec, Backend, hookimpl
+
+        @hookimpl
+        def attnkit_register_attention(register):
+            register(AttentionSpec(name="neighborhood", backends=(Backend("reference", "attnkit_fake_impl:forty_two"),)))
+        """,
+    )
+    _dist(
+        tmp_path,
+        "attnkit-garbled",
+        "attnkit_garbled",
+        'raise ImportError("attnkit_garbled was imported")\n',
+        requires="Requires-Dist: attnkit >=0.1,<\n",
+    )
+    return tmp_path
+
+
+def test_a_plugin_exiting_or_squatting_never_breaks_the_host(hostile_site: Path) -> None:
+    proc = _run(["-m", "attnkit.cli", "plugins", "--json"], hostile_site)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["exits"]["error"].startswith("SystemExit: 3")
+    assert rows["aaa"]["error"].startswith("NameClash: spec name 'neighborhood' belongs to attnkit-neighborhood")
+    assert rows["garbled"]["error"].startswith("IncompatibleCore: cannot read its requirement 'attnkit >=0.1,<'")
+    assert "was imported" not in rows["garbled"]["error"]
+    assert rows["neighborhood"]["error"] is None
+    assert [s["name"] for s in rows["neighborhood"]["specs"]] == ["neighborhood"]
+
+    code = textwrap.dedent(
+        """
+        import torch, attnkit
+        q = torch.randn(1, 2, 9, 4, generator=torch.Generator().manual_seed(0))
+        out = attnkit.attention(q, q, q, spec="neighborhood", kernel_size=3, backend="reference")
+        dense = attnkit.attention(q, q, q)
+        print(attnkit.get_spec("neighborhood").plugin, bool((out == 42).any()), tuple(dense.shape))
+        """
+    )
+    proc = _run(["-c", code], hostile_site)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["attnkit-neighborhood", "False", "(1,", "2,", "9,", "4)"]

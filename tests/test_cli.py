@@ -143,6 +143,30 @@ def test_export_bad_arguments_fail_with_one_line(args, needle, tmp_path: Path):
     assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["export", "neighborhood", "x.onnx", "--param", "kernel_size=99"],
+            "neighborhood cannot run at shape (1, 4, 64, 32): kernel_size * dilation must not exceed the input size",
+        ),
+        (["export", "dense", "x.onnx", "--atol", "nan"], "argument --atol: must be a finite number >= 0, got 'nan'"),
+        (["export", "dense", "x.onnx", "--atol", "inf"], "argument --atol: must be a finite number >= 0, got 'inf'"),
+        (["export", "dense", "x.onnx", "--atol=-1e-4"], "argument --atol: must be a finite number >= 0"),
+        (["export", "dense", "DIR"], "is a directory; give a file such as"),
+        (["export", "--model", "smollm2", "--attention", "dense", "DIR"], "is a directory; give a file such as"),
+    ],
+    ids=["kernel-too-large", "atol-nan", "atol-inf", "atol-negative", "out-is-a-dir", "model-out-is-a-dir"],
+)
+def test_export_fails_before_any_work_with_the_real_message(args, needle, tmp_path: Path):
+    args = [str(tmp_path) if a == "DIR" else str(tmp_path / a) if a.endswith(".onnx") else a for a in args]
+    proc = attnkit(*args)
+    assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+    assert "\x1b[" not in proc.stderr and "TorchExportError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "loading" not in proc.stdout and "wrote" not in proc.stdout  # nothing was loaded or traced
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_check_runs_or_says_how_to_install():
     proc = attnkit("check", "no-such-plugin")
     assert proc.returncode != 0

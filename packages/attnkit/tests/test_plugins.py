@@ -363,3 +363,272 @@ def test_import_attnkit_leaves_plugin_loading_for_later():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True", "True"]
+
+
+# -- isolation: BaseException from a plugin, interrupted loads --------------------------------
+
+_EXITS_AT_IMPORT = """
+import sys
+
+sys.exit(3)
+"""
+
+_EXITS_IN_A_HOOK = """
+from attnkit import AttentionSpec, Backend, hookimpl
+
+@hookimpl
+def attnkit_register_attention(register):
+    register(AttentionSpec(name="exits", backends=(Backend("reference", "math:sqrt"),)))
+    raise SystemExit(3)
+"""
+
+_BAILS_IN_A_HOOK = """
+from attnkit import AttentionSpec, Backend, hookimpl
+
+class Bail(BaseException):
+    pass
+
+@hookimpl
+def attnkit_register_attention(register):
+    register(AttentionSpec(name="exits", backends=(Backend("reference", "math:sqrt"),)))
+    raise Bail("a BaseException that is not an interrupt")
+"""
+
+
+def _builtin_names() -> set[str]:
+    return {"dense", "full", "mha", "sink_window", "window"}
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (_EXITS_AT_IMPORT, "SystemExit: 3"),
+        (_EXITS_IN_A_HOOK, "SystemExit: 3"),
+        (_BAILS_IN_A_HOOK, "Bail: a BaseException that is not an interrupt"),
+    ],
+    ids=["sys-exit-at-import", "system-exit-in-a-hook", "base-exception-in-a-hook"],
+)
+def test_system_exit_from_a_plugin_is_a_broken_plugin(body, error, tmp_path, monkeypatch, plugin_env):
+    from attnkit.plugins import load_plugins, pm
+
+    monkeypatch.delitem(sys.modules, "attnkit_exits", raising=False)  # each case imports its own
+    _fake_distribution(tmp_path, "attnkit-exits", "attnkit_exits", "", body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="attnkit-exits"):
+        (bad,) = broken_plugins()
+        assert (bad.name, bad.distribution) == ("exits", "attnkit-exits")
+        assert bad.error.startswith(error) and bad.specs == []
+        assert "exits" not in registry and pm.get_plugin("exits") is None
+        # Loading finished: a second call changes nothing, the built-ins stay as they were.
+        before = [p.as_dict() for p in get_plugins()]
+        load_plugins()
+        assert [p.as_dict() for p in get_plugins()] == before
+        assert {s.name for s in registry} == _builtin_names()
+        q = torch.ones(1, 1, 2, 4)
+        assert torch.equal(importlib.import_module("attnkit").attention(q, q, q), q)
+
+
+_FIRST_OK = """
+from attnkit import AttentionSpec, Backend, hookimpl
+
+@hookimpl
+def attnkit_register_attention(register):
+    register(AttentionSpec(name="aaok", backends=(Backend("reference", "math:sqrt"),)))
+"""
+
+
+def _interrupts_once(where: str, marker) -> str:  # type: ignore[no-untyped-def]
+    """A plugin raising KeyboardInterrupt (at import or in its hook) while ``marker`` exists,
+    removing it: the first load is interrupted, the next one goes through."""
+    check = f"if os.path.exists({str(marker)!r}):\n    os.remove({str(marker)!r})\n    raise KeyboardInterrupt\n"
+    return (
+        "import os\nfrom attnkit import AttentionSpec, Backend, hookimpl\n\n"
+        + (check if where == "import" else "")
+        + "\n@hookimpl\ndef attnkit_register_attention(register):\n"
+        + '    register(AttentionSpec(name="interrupts", backends=(Backend("reference", "math:sqrt"),)))\n'
+        + (textwrap.indent(check, "    ") if where == "hook" else "")
+    )
+
+
+@pytest.mark.parametrize("where", ["import", "hook"])
+def test_keyboard_interrupt_while_loading_propagates_and_leaves_nothing_half_registered(where, tmp_path, monkeypatch):
+    from attnkit import plugins
+
+    for module in ("attnkit_aaok", "attnkit_interrupts"):  # each case imports its own
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    marker = tmp_path / "interrupt-once"
+    marker.write_text("")
+    site = tmp_path / "site"
+    site.mkdir()
+    _fake_distribution(site, "attnkit-aaok", "attnkit_aaok", "", _FIRST_OK)
+    _fake_distribution(site, "attnkit-interrupts", "attnkit_interrupts", "", _interrupts_once(where, marker))
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    monkeypatch.setenv("ATTNKIT_LOAD_PLUGINS", "attnkit-aaok,attnkit-interrupts")
+
+    with pytest.raises(KeyboardInterrupt):
+        plugins.load_plugins(force=True)
+    # Nothing of the interrupted load is left: not the plugin that was loading, not the one
+    # loaded before it; the built-ins are whole.
+    assert {s.name for s in registry} == _builtin_names()
+    assert plugins.pm.get_plugin("aaok") is None and plugins.pm.get_plugin("interrupts") is None
+    assert {p.name for p in plugins._infos.values() if not p.builtin} == set()
+    assert all(p.error is None for p in plugins._infos.values())
+
+    # The next load starts clean and never touches what was kept.
+    builtins = {n: plugins.pm.get_plugin(n) for n in plugins.DEFAULT_PLUGINS}
+    plugins.load_plugins()
+    assert broken_plugins() == []
+    assert {s.name for s in registry} == {*_builtin_names(), "aaok", "interrupts"}
+    assert {n: plugins.pm.get_plugin(n) for n in plugins.DEFAULT_PLUGINS} == builtins
+
+
+def test_a_plugin_asking_for_specs_while_loading_does_not_reload(tmp_path, monkeypatch, plugin_env):
+    _fake_distribution(
+        tmp_path,
+        "attnkit-eager",
+        "attnkit_eager",
+        "",
+        """
+        import attnkit
+        from attnkit import AttentionSpec, Backend, hookimpl
+
+        SEEN = [s.name for s in attnkit.list_specs()]  # loading is under way: returns what is there
+
+        @hookimpl
+        def attnkit_register_attention(register):
+            register(AttentionSpec(name="eager", backends=(Backend("reference", "math:sqrt"),)))
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="attnkit-eager"):
+        assert broken_plugins() == []
+        assert {s.name for s in registry} == {*_builtin_names(), "eager"}
+        assert set(importlib.import_module("attnkit_eager").SEEN) == _builtin_names()
+
+
+# -- spec names: who may register which --------------------------------------------------------
+
+
+def _registers(*names: str) -> str:
+    lines = "\n".join(
+        f"    register(AttentionSpec(name={n!r}, backends=(Backend('reference', 'attnkit_fakeimpl:forty_two'),)))"
+        for n in names
+    )
+    return f"from attnkit import AttentionSpec, Backend, hookimpl\n\n@hookimpl\ndef attnkit_register_attention(register):\n{lines}\n"
+
+
+def _fake_impl(root) -> None:  # type: ignore[no-untyped-def]
+    (root / "attnkit_fakeimpl.py").write_text(
+        "def forty_two(q, k, v, *, params, is_causal, scale, return_lse):\n    return q * 0 + 42\n"
+    )
+
+
+def test_impostor_of_an_installed_plugins_name_is_broken_and_the_owner_keeps_it(tmp_path, monkeypatch, plugin_env):
+    # "aaa_impostor" sorts before "neighborhood", so it is loaded first.
+    _fake_impl(tmp_path)
+    _fake_distribution(
+        tmp_path, "attnkit-aaa-impostor", "attnkit_aaa_impostor", "", _registers("aaa-impostor", "neighborhood")
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with plugin_env(ATTNKIT_LOAD_PLUGINS=None, ATTNKIT_DISABLE_PLUGINS=None):
+        rows = {p.name: p for p in get_plugins()}
+        assert rows["neighborhood"].error is None and rows["neighborhood"].specs == ["neighborhood"]
+        bad = rows["aaa_impostor"]
+        assert bad.error.startswith("NameClash: spec name 'neighborhood' belongs to attnkit-neighborhood")
+        assert "not to attnkit-aaa-impostor" in bad.error
+        assert bad.specs == [] and "aaa-impostor" not in registry  # all of its specs or none
+        spec = registry.get("neighborhood")
+        assert spec.plugin == "attnkit-neighborhood"
+        q = torch.randn(1, 1, 8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        out = importlib.import_module("attnkit").attention(
+            q, q, q, spec="neighborhood", kernel_size=3, backend="reference"
+        )
+        assert not torch.any(out == 42)
+    # The owner need not be loaded for its name to be its own.
+    with plugin_env(ATTNKIT_LOAD_PLUGINS=None, ATTNKIT_DISABLE_PLUGINS="attnkit-neighborhood"):
+        (bad,) = [p for p in broken_plugins() if p.name == "aaa_impostor"]
+        assert "belongs to attnkit-neighborhood" in bad.error
+        assert "neighborhood" not in registry
+
+
+def test_installed_plugin_registering_a_builtin_name_is_broken(tmp_path, monkeypatch, plugin_env):
+    _fake_impl(tmp_path)
+    _fake_distribution(tmp_path, "attnkit-adense", "attnkit_adense", "", _registers("adense", "dense"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="attnkit-adense"):
+        (bad,) = broken_plugins()
+        assert bad.error == "NameClash: spec name 'dense' is already registered by attnkit"
+        assert registry.get("dense").plugin == "attnkit" and "adense" not in registry
+
+
+def test_two_plugins_claiming_a_name_nobody_owns_make_it_unavailable(tmp_path, monkeypatch, plugin_env):
+    _fake_impl(tmp_path)
+    _fake_distribution(tmp_path, "attnkit-one", "attnkit_one", "", _registers("one", "shared"))
+    _fake_distribution(tmp_path, "attnkit-two", "attnkit_two", "", _registers("two", "shared"))
+    _fake_distribution(tmp_path, "attnkit-three", "attnkit_three", "", _registers("three", "free-name"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="attnkit-one,attnkit-two,attnkit-three"):
+        bad = {p.name: p.error for p in broken_plugins()}
+        assert set(bad) == {"one", "two"}
+        for error in bad.values():
+            assert error.startswith("NameClash: spec name 'shared' is unavailable: it is registered by both")
+            assert "attnkit-one and attnkit-two" in error and "neither owns it" in error
+        with pytest.raises(ValueError, match=r"'shared' is unavailable: .*attnkit-one and attnkit-two"):
+            importlib.import_module("attnkit").get_spec("shared")
+        assert "one" not in registry and "two" not in registry
+        # A name nobody owns and only one plugin registers is that plugin's.
+        assert registry.get("free-name").plugin == "attnkit-three" and "three" in registry
+
+
+def test_runtime_plugin_may_not_take_a_name_an_installed_distribution_owns():
+    # attnkit-kdgqa owns kdgqa and kdgqa.*, registered or not.
+    class Squatter:
+        @hookimpl
+        def attnkit_register_attention(self, register):  # type: ignore[no-untyped-def]
+            register(AttentionSpec(name="kdgqa.fast", backends=(Backend("reference", _impl),)))
+
+    class Owner:
+        @hookimpl
+        def attnkit_register_attention(self, register):  # type: ignore[no-untyped-def]
+            register(AttentionSpec(name="kdgqa.fast", backends=(Backend("reference", _impl),)))
+
+    info = register_plugin(Squatter(), name="undo-squatter", distribution="attnkit-squatter")
+    owner = register_plugin(Owner(), name="undo-owner", distribution="attnkit-kdgqa")
+    try:
+        assert info.error == (
+            "NameClash: spec name 'kdgqa.fast' belongs to attnkit-kdgqa "
+            "(a distribution attnkit-<slug> owns <slug> and <slug>.*), not to attnkit-squatter"
+        )
+        assert owner.error is None and registry.get("kdgqa.fast").plugin == "attnkit-kdgqa"
+    finally:
+        unregister_plugin("undo-squatter")
+        unregister_plugin("undo-owner")
+
+
+def test_unreadable_core_requirement_is_incompatible_and_not_imported(tmp_path, monkeypatch, plugin_env):
+    from attnkit.plugins import _incompatible_core
+
+    why = _incompatible_core(["attnkit>=0.1,<"], "0.1.0")
+    assert why is not None and why.startswith("cannot read its requirement 'attnkit>=0.1,<': ")
+    assert "\n" not in why
+    _fake_distribution(
+        tmp_path,
+        "attnkit-garbled",
+        "attnkit_garbled",
+        "Requires-Dist: torch>=2.5\nRequires-Dist: attnkit >=0.1,<\n",
+        """
+        raise RuntimeError("attnkit_garbled must not be imported")
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="attnkit-garbled"):
+        (bad,) = broken_plugins()
+        assert bad.error.startswith("IncompatibleCore: cannot read its requirement 'attnkit >=0.1,<': ")
+        assert "must not be imported" not in bad.error

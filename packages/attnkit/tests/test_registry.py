@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnkit import AttentionSpec, Backend, CallInfo, KVCacheSpec, choose
-from attnkit.registry import Registry, resolve
+from attnkit.registry import Registry, owns, resolve
 
 
 def _fn(q, k, v, **_):  # type: ignore[no-untyped-def]
@@ -125,6 +125,42 @@ def test_registry_rejects_duplicates_and_non_specs():
         reg.add(_spec())
     with pytest.raises(TypeError, match="takes a spec object, got str"):
         reg.add("toy")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("distribution", "name", "owned"),
+    [
+        ("attnkit-neighborhood", "neighborhood", True),
+        ("attnkit-neighborhood", "neighborhood.causal", True),
+        ("attnkit-neighborhood", "Neighborhood", True),  # case and -/_ do not make another name
+        ("attnkit-neighborhood", "neighborhoods", False),
+        ("attnkit-neighborhood", "dense", False),
+        ("attnkit_retrieval.heads", "retrieval_heads", True),  # distribution names normalise
+        ("attnkit-retrieval-heads", "retrieval_heads_cache", False),
+        ("attnkit-sliding-window", "sliding-window.v2", True),
+        ("attnkit", "dense", False),  # the core owns its built-ins' names, not a namespace
+        ("natten-attnkit", "natten", False),
+        (None, "toy", False),
+    ],
+)
+def test_spec_name_ownership(distribution, name, owned):
+    assert owns(distribution, name) is owned
+
+
+def test_registry_unavailable_name_says_why_and_cannot_be_added():
+    reg = Registry()
+    reg.mark_unavailable("shared", "registered by both attnkit-one and attnkit-two")
+    assert "shared" not in reg
+    with pytest.raises(ValueError, match="'shared' is unavailable: registered by both attnkit-one and attnkit-two"):
+        reg.get("shared")
+    with pytest.raises(ValueError, match="'shared' is unavailable"):
+        reg.add(dataclasses.replace(_spec(), name="shared"))
+    state = reg.snapshot()
+    reg.add(dataclasses.replace(_spec(), name="other"))
+    reg.restore(state)
+    assert "other" not in reg and "shared" in reg.unavailable()
+    reg.clear()
+    assert reg.unavailable() == {}
 
 
 def test_resolve_reference_strings():

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +58,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
             "with --model, give only the output path: attnkit export --model NAME [--attention SPEC] OUT.onnx"
         )
     out = os.fspath(args.paths[0])
+    _check_output_path(out)
     spec = _attention_spec(args.attention, "--attention")
     params = dict(parse_param(p) for p in args.param)
     spec.make_params(**params)
@@ -69,14 +72,15 @@ def cmd_export_model(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         print(f"exporting with attention={spec.name} {params or ''} (dynamic batch and sequence axes) ...", flush=True)
-        report = export_model(model, out, attention=spec.name, attention_params=params)
+        # export_model checks the parameters at every length against the model's heads
+        # before it traces; that error prints as one line.
+        report = _exporting(export_model, model, out, attention=spec.name, attention_params=params)
     print(
         f"wrote {out}: {report.size_bytes / 2**20:.1f} MiB (graph + external weights), export took {report.export_seconds:.0f} s"
     )
-    worst = 0.0
     for n, err in report.max_abs_diff.items():
         print(f"  onnxruntime vs torch logits at {n} tokens (traced at {report.trace_length}): max abs diff {err:.3g}")
-        worst = max(worst, err)
+    worst = _worst(report.max_abs_diff.values())
     result = report.as_dict()
     if args.latency:
         lat = latency(model, out, length=args.latency, attention=spec.name, attention_params=params)
@@ -90,7 +94,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
     atol = 1e-3 if args.atol is None else args.atol
-    if worst > atol:
+    if not worst <= atol:  # a NaN difference fails too
         raise CLIError(f"exported graph differs from torch by {worst:.3g} > --atol {atol}")
     return 0
 
@@ -425,6 +429,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(run_main([a for a in args.run_args if a != "--"]) or 0)
 
 
+def _tolerance(text: str) -> float:
+    """``--atol``: a finite number >= 0 (``nan`` would make a check that can never fail)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _worst(errors: Any) -> float:
+    """The largest error; NaN counts as the worst there is."""
+    return max((math.inf if math.isnan(e) else e for e in errors), default=0.0)
+
+
+def _check_output_path(out: str) -> None:
+    """Fail before any work when ``out`` cannot be written as a file."""
+    if os.path.isdir(out):
+        raise CLIError(f"the output path {out} is a directory; give a file such as {os.path.join(out, 'model.onnx')}")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):  # created before writing: the nearest existing folder counts
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CLIError(f"cannot write {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"cannot write {out}: no write permission in {parent}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _exporting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run an export; its errors print as one plain line (no colour codes) unless debugging."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        if os.environ.get("ATTNKIT_DEBUG") == "1":
+            raise
+        lines = _ANSI.sub("", str(exc)).strip().splitlines()
+        message = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        if not isinstance(exc, (ValueError, TypeError)):
+            message += " (ATTNKIT_DEBUG=1 for the traceback)"
+        raise CLIError(message) from exc
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     if args.model is not None:
         return cmd_export_model(args)
@@ -433,6 +483,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             "usage: attnkit export SPEC OUT.onnx, or attnkit export --model NAME [--attention SPEC] OUT.onnx"
         )
     args.spec, args.out = args.paths
+    out = os.fspath(args.out)
+    _check_output_path(out)
     spec = _attention_spec(args.spec, "attnkit export")
     params = dict(parse_param(p) for p in args.param)
     spec.make_params(**params)  # unknown / invalid parameters fail here, before tracing
@@ -447,31 +499,39 @@ def cmd_export(args: argparse.Namespace) -> int:
     import warnings
 
     from attnkit.export import check_attention_export
+    from attnkit.export.onnx import check_export_args
 
-    out = os.fspath(args.out)
+    # The parameters against the traced shape and both check shapes, before tracing.
+    shapes = [trace, *_test_shapes(trace)]
+    for shape in shapes:
+        try:
+            check_export_args(spec, [shape], kv_heads=args.kv_heads, is_causal=bool(args.causal), **params)
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"{spec.name} cannot run at shape {shape}: {exc}") from None
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with warnings.catch_warnings():
         if os.environ.get("ATTNKIT_DEBUG") != "1":
             # The exporter's deprecation notes and "torchvision is not installed" lines are
             # about torch internals, not about this export.
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        errors = check_attention_export(
+        errors = _exporting(
+            check_attention_export,
             spec,
             out,
             trace_shape=trace,
-            test_shapes=_test_shapes(trace),
+            test_shapes=shapes[1:],
             kv_heads=args.kv_heads,
             is_causal=bool(args.causal),
             **params,
         )
     size = os.path.getsize(out)
     print(f"wrote {out} ({size / 1024:.1f} KiB), traced at {trace}")
-    worst = 0.0
     for shape, err in errors.items():
         print(f"  onnxruntime vs float64 reference at {shape}: max abs error {err:.3g}")
-        worst = max(worst, err)
+    worst = _worst(errors.values())
     atol = 1e-4 if args.atol is None else args.atol
-    if worst > atol:
+    if not worst <= atol:  # a NaN error fails too
         raise CLIError(f"exported graph differs from the reference by {worst:.3g} > --atol {atol}")
     return 0
 
@@ -601,9 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--causal", action="store_true", help="export the causal variant")
     p.add_argument(
         "--atol",
-        type=float,
+        type=_tolerance,
         default=None,
-        help="fail when onnxruntime differs by more (default 1e-4 for a spec, 1e-3 on logits for --model)",
+        help="fail when onnxruntime differs by more (a finite number >= 0; default 1e-4 for a spec, 1e-3 on "
+        "logits for --model)",
     )
     p.set_defaults(func=cmd_export)
 

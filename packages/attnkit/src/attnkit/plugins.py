@@ -2,8 +2,18 @@
 
 Plugins are modules (or objects) with ``@hookimpl`` functions, found through the entry-point
 group ``attnkit``. Loading never fails because of one plugin: a plugin that cannot be
-imported, declares an incompatible core version, implements an unknown hook, or raises in a
-registration hook is recorded in :func:`broken_plugins` with its error and skipped.
+imported, declares an incompatible (or unreadable) core requirement, implements an unknown
+hook, raises in a registration hook (``SystemExit`` and other ``BaseException`` subclasses
+included) or registers a spec name it may not have is recorded in :func:`broken_plugins` with
+its error and skipped. A plugin's specs are added all together or not at all. Only
+``KeyboardInterrupt`` propagates (it cannot be told from the user's Ctrl-C); loading then rolls
+back what the interrupted load had added, so the next call starts clean.
+
+Spec names: the distribution ``attnkit-<slug>`` owns ``<slug>`` and ``<slug>.*``, attnkit owns
+its built-ins' names (:func:`attnkit.registry.owns`). A plugin may register another name only
+while no installed distribution owns it and no other plugin claims it too; otherwise it is
+broken with a ``NameClash`` error naming both distributions, and a name two plugins claim is
+unavailable (looking it up says why).
 
 Environment:
 
@@ -15,6 +25,8 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import operator
 import os
 import re
@@ -29,7 +41,7 @@ from typing import Any
 import pluggy
 
 from attnkit import hookspecs
-from attnkit.registry import Spec, logger, registry
+from attnkit.registry import Spec, logger, name_key, owns, registry, spec_namespace
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -82,7 +94,11 @@ class PluginInfo:
 
 _lock = threading.RLock()
 _loaded = False
+_loading = False
 _infos: dict[str, PluginInfo] = {}
+#: ``<slug> -> distribution`` of every installed ``attnkit-<slug>`` with an entry point in the
+#: group (loaded, disabled or broken alike): the owners of spec names.
+_installed: dict[str, str] = {}
 
 
 def _core_version() -> str:
@@ -159,8 +175,10 @@ def _incompatible_core(requires: Iterable[str], core: str) -> str | None:
 
             try:
                 req = Requirement(raw)
-            except InvalidRequirement:
-                continue
+            except InvalidRequirement as exc:
+                # pip would not have installed it; importing it would mean guessing.
+                lines = str(exc).strip().splitlines()
+                return f"cannot read its requirement {raw.strip()!r}: {lines[0] if lines else type(exc).__name__}"
             if req.marker is not None and "extra" in str(req.marker):
                 continue
             ok = not req.specifier or req.specifier.contains(core, prereleases=True)
@@ -197,11 +215,54 @@ def _unknown_hooks(plugin: object) -> list[str]:
     return names
 
 
-def _run_registrations(name: str, plugin: object, info: PluginInfo) -> None:
-    """Call this plugin's registration hooks; keep its specs only if every hook succeeds."""
+class _Rejected(Exception):
+    """A plugin refused by the loader itself, with the one-line message to record."""
+
+
+@dataclass
+class _Candidate:
+    """A plugin whose registration hooks all returned: its stamped specs, not yet added."""
+
+    name: str
+    plugin: object
+    info: PluginInfo
+    specs: list[Spec]
+
+    @property
+    def label(self) -> str:
+        return self.info.distribution or self.name
+
+
+def _discard(plugin: object) -> None:
+    """Unregister ``plugin`` from pluggy if it is registered."""
+    if pm.is_registered(plugin):
+        with contextlib.suppress(Exception):
+            pm.unregister(plugin)
+
+
+def _snapshot() -> tuple[Any, dict[str, PluginInfo], set[int]]:
+    return registry.snapshot(), dict(_infos), {id(p) for _, p in pm.list_name_plugin() if p is not None}
+
+
+def _restore(state: tuple[Any, dict[str, PluginInfo], set[int]]) -> None:
+    """Undo everything since :func:`_snapshot`: specs, reports and pluggy registrations."""
+    specs, infos, plugins = state
+    for _name, plugin in list(pm.list_name_plugin()):
+        if plugin is not None and id(plugin) not in plugins:
+            _discard(plugin)
+    registry.restore(specs)
+    _infos.clear()
+    _infos.update(infos)
+
+
+def _registration_specs(plugin: object) -> list[Spec]:
+    """Call ``plugin``'s registration hooks and return what they registered."""
     collected: list[Spec] = []
+    open_ = True
 
     def register(spec: Spec) -> None:
+        if not open_:
+            raise RuntimeError("register() was called after the plugin's registration hook returned")
         if not isinstance(spec, Spec):
             raise TypeError(f"register() takes a spec object, got {type(spec).__name__}")
         collected.append(spec)
@@ -213,23 +274,99 @@ def _run_registrations(name: str, plugin: object, info: PluginInfo) -> None:
                 if impl.plugin is plugin:
                     kwargs = {"register": register} if "register" in impl.argnames else {}
                     impl.function(**kwargs)
-        import dataclasses
+    finally:
+        open_ = False
+    return collected
 
-        stamped = [dataclasses.replace(s, plugin=info.distribution or name, version=info.version) for s in collected]
-        added: list[str] = []
-        try:
-            for s in stamped:
-                registry.add(s)
-                added.append(s.name)
-        except Exception:
-            for n in added:
-                registry._specs.pop(n, None)
-            raise
-        info.specs = added
-        _infos[name] = info
-    except Exception as exc:
-        pm.unregister(plugin)
-        _mark_broken(info, _short_error(exc))
+
+def _collect(plugin: object, name: str, info: PluginInfo) -> _Candidate | None:
+    """Register ``plugin`` with pluggy and run its registration hooks; nothing reaches the
+    registry here. Any failure (``SystemExit`` included) unregisters it and marks it broken;
+    ``KeyboardInterrupt`` unregisters it and propagates."""
+    try:
+        pm.register(plugin, name=name)
+        unknown = _unknown_hooks(plugin)
+        if unknown:
+            raise _Rejected(
+                f"PluginValidationError: unknown hook(s) {', '.join(unknown)}; known hooks: "
+                + ", ".join(REGISTRATION_HOOKS)
+            )
+        info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        label = info.distribution or name
+        specs = [dataclasses.replace(s, plugin=label, version=info.version) for s in _registration_specs(plugin)]
+        names = [s.name for s in specs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise _Rejected(f"NameClash: {label} registers spec name(s) {', '.join(map(repr, twice))} more than once")
+    except KeyboardInterrupt:
+        _discard(plugin)
+        raise
+    except BaseException as exc:  # SystemExit, GeneratorExit, ... from a plugin: the plugin is broken
+        _discard(plugin)
+        _mark_broken(info, str(exc) if isinstance(exc, _Rejected) else _short_error(exc))
+        return None
+    return _Candidate(name, plugin, info, specs)
+
+
+_OWNERSHIP = "a distribution attnkit-<slug> owns <slug> and <slug>.*"
+
+
+def _claim_verdicts(name: str, claimants: list[_Candidate], owners: Mapping[str, str]) -> dict[str, str]:
+    """Which of ``claimants`` may not have spec name ``name``: plugin name -> why."""
+    held = registry._specs.get(name)
+    if held is not None:  # never replaced: the built-ins, and whatever a previous call added
+        return {
+            c.name: f"spec name {name!r} is already registered by {held.plugin or 'another plugin'}" for c in claimants
+        }
+    blocked = registry.unavailable().get(name)
+    if blocked is not None:
+        return {c.name: f"spec name {name!r} is unavailable: {blocked}" for c in claimants}
+    owner = owners.get(name_key(name).split(".", 1)[0])
+    if owner is not None:
+        owning = [c for c in claimants if owns(c.info.distribution, name)]
+        if len(owning) <= 1:
+            return {
+                c.name: f"spec name {name!r} belongs to {owner} ({_OWNERSHIP}), not to {c.label}"
+                for c in claimants
+                if c not in owning
+            }
+    elif len(claimants) == 1:
+        return {}  # a name nobody owns: the one plugin that registers it has it
+    labels = [c.label for c in claimants]
+    if len(set(labels)) < len(labels):
+        labels = [f"{c.label} (entry point {c.name})" for c in claimants]
+    why = f"it is registered by both {' and '.join(labels)}, and " + (
+        f"only one of them may ({_OWNERSHIP})" if owner is not None else f"neither owns it ({_OWNERSHIP})"
+    )
+    registry.mark_unavailable(name, why + "; uninstall or disable one of them")
+    return {c.name: f"spec name {name!r} is unavailable: {why}" for c in claimants}
+
+
+def _commit(candidates: list[_Candidate]) -> None:
+    """Decide every spec name the candidates claim, together (so the outcome does not depend
+    on load order), then add the specs of the plugins whose every name was granted."""
+    owners = dict(_installed)
+    for info in [*_infos.values(), *(c.info for c in candidates)]:
+        slug = spec_namespace(info.distribution)
+        if slug is not None:
+            owners.setdefault(slug, info.distribution or "")
+    claims: dict[str, list[_Candidate]] = {}
+    for c in candidates:
+        for s in c.specs:
+            claims.setdefault(s.name, []).append(c)
+    refused: dict[str, str] = {}
+    for name, claimants in claims.items():
+        for plugin_name, why in _claim_verdicts(name, claimants, owners).items():
+            refused.setdefault(plugin_name, why)
+    for c in candidates:
+        if c.name in refused:
+            _discard(c.plugin)
+            _mark_broken(c.info, f"NameClash: {refused[c.name]}")
+            continue
+        for s in c.specs:
+            registry.add(s)
+        c.info.specs = [s.name for s in c.specs]
+        _infos[c.name] = c.info
 
 
 def register_plugin(
@@ -242,9 +379,11 @@ def register_plugin(
 ) -> PluginInfo:
     """Register one plugin object or module and run its registration hooks.
 
-    Used for built-ins, for entry points, and by tests and notebooks to add a plugin for a
-    while (undo with :func:`unregister_plugin`). Never raises because of the plugin: the
-    returned :class:`PluginInfo` carries the error instead.
+    Used for built-ins and by tests and notebooks to add a plugin for a while (undo with
+    :func:`unregister_plugin`). Never raises because of the plugin: the returned
+    :class:`PluginInfo` carries the error instead. What is registered already is never
+    changed: a spec name that is taken, or that an installed distribution owns, makes this
+    plugin broken. ``KeyboardInterrupt`` propagates, with this plugin rolled back.
     """
     name = name or getattr(plugin, "__name__", None) or repr(plugin)
     info = PluginInfo(
@@ -255,22 +394,17 @@ def register_plugin(
         builtin=builtin,
     )
     with _lock:
+        if pm.get_plugin(name) is not None or name in _infos:
+            info.error = f"ValueError: plugin name {name!r} is already registered"  # the one there stays
+            return info
+        state = _snapshot()
         try:
-            pm.register(plugin, name=name)
-        except Exception as exc:  # PluginValidationError: hookimpl args not in the spec, or a clash
-            _mark_broken(info, _short_error(exc))
-            return info
-        unknown = _unknown_hooks(plugin)
-        if unknown:
-            pm.unregister(plugin)
-            _mark_broken(
-                info,
-                f"PluginValidationError: unknown hook(s) {', '.join(unknown)}; known hooks: "
-                + ", ".join(REGISTRATION_HOOKS),
-            )
-            return info
-        info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        _run_registrations(name, plugin, info)
+            candidate = _collect(plugin, name, info)
+            if candidate is not None:
+                _commit([candidate])
+        except KeyboardInterrupt:
+            _restore(state)
+            raise
         return _infos[name]
 
 
@@ -286,34 +420,67 @@ def unregister_plugin(name: str) -> None:
                 registry._specs.pop(s, None)
 
 
+def _entry_point_records() -> list[tuple[metadata.EntryPoint, Any, Any, str | None]]:
+    """``(entry point, distribution, parsed metadata, distribution name)`` of every installed
+    plugin, each METADATA parsed once; fills :data:`_installed` (the spec-name owners)."""
+    records = []
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = ep.dist
+        meta = dist.metadata if dist is not None else None
+        dist_name = meta["Name"] if meta is not None else None
+        slug = spec_namespace(dist_name)
+        if slug is not None and dist_name is not None:
+            _installed.setdefault(slug, dist_name)
+        records.append((ep, dist, meta, dist_name))
+    return records
+
+
 def load_plugins(*, force: bool = False) -> None:
     """Register the built-ins and every allowed installed plugin (idempotent).
+
+    A ``KeyboardInterrupt`` while plugins load propagates after the installed plugins added by
+    this call are rolled back (the built-ins stay); the next call loads them afresh. A call
+    made while loading (a plugin asking for a spec at import) returns at once.
 
     :param force: forget everything loaded so far and load again (the environment
         variables are read anew).
     """
-    global _loaded
+    global _loaded, _loading
     with _lock:
-        if _loaded and not force:
+        if _loading or (_loaded and not force):
             return
-        if force:
-            reset()
-        if os.environ.get("ATTNKIT_TRACE_PLUGINS") == "1":
-            _enable_tracing()
-        import importlib
+        _loading = True
+        try:
+            if force:
+                reset()
+            if os.environ.get("ATTNKIT_TRACE_PLUGINS") == "1":
+                _enable_tracing()
+            _load()
+            pm.check_pending()
+            _loaded = True
+        finally:
+            _loading = False
 
-        # Every metadata lookup parses a METADATA file: read the core's version once, and
-        # each plugin's name, version and requirements from one parse of its own.
-        core = _core_version()
-        for module_name in DEFAULT_PLUGINS:
-            module = importlib.import_module(module_name)
-            register_plugin(module, name=module_name, distribution="attnkit", version=core, builtin=True)
-        allow = _env_list("ATTNKIT_LOAD_PLUGINS")
-        deny = _env_list("ATTNKIT_DISABLE_PLUGINS") or set()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            dist = ep.dist
-            meta = dist.metadata if dist is not None else None
-            dist_name = meta["Name"] if meta is not None else None
+
+def _load() -> None:
+    import importlib
+
+    # Every metadata lookup parses a METADATA file: read the core's version once, and
+    # each plugin's name, version and requirements from one parse of its own.
+    core = _core_version()
+    for module_name in DEFAULT_PLUGINS:
+        if pm.get_plugin(module_name) is not None or module_name in _infos:
+            continue  # kept from a load that was interrupted later on
+        module = importlib.import_module(module_name)
+        register_plugin(module, name=module_name, distribution="attnkit", version=core, builtin=True)
+    allow = _env_list("ATTNKIT_LOAD_PLUGINS")
+    deny = _env_list("ATTNKIT_DISABLE_PLUGINS") or set()
+    records = _entry_point_records()
+    state = _snapshot()
+    current = None
+    try:
+        candidates: list[_Candidate] = []
+        for ep, dist, meta, dist_name in records:
             if allow is not None and dist_name not in allow and ep.name not in allow:
                 continue
             if dist_name in deny or ep.name in deny:
@@ -321,6 +488,7 @@ def load_plugins(*, force: bool = False) -> None:
                 continue
             if pm.get_plugin(ep.name) is not None or ep.name in _infos:
                 continue
+            current = dist_name or ep.name
             info = PluginInfo(
                 name=ep.name,
                 version=meta["Version"] if meta is not None else None,
@@ -333,12 +501,24 @@ def load_plugins(*, force: bool = False) -> None:
                 continue
             try:
                 module = ep.load()
-            except Exception as exc:  # ImportError, SyntaxError, anything a plugin raises at import
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # ImportError, SyntaxError, SystemExit: anything a plugin raises at import
                 _mark_broken(info, _short_error(exc))
                 continue
-            register_plugin(module, name=ep.name, distribution=dist_name, version=info.version)
-        pm.check_pending()
-        _loaded = True
+            candidate = _collect(module, ep.name, info)
+            if candidate is not None:
+                candidates.append(candidate)
+        current = None
+        _commit(candidates)
+    except KeyboardInterrupt:
+        _restore(state)
+        logger.warning(
+            "loading attnkit plugins was interrupted%s; nothing of this load was kept "
+            "(ATTNKIT_DISABLE_PLUGINS=NAME skips a plugin)",
+            f" while loading {current!r}" if current else "",
+        )
+        raise
 
 
 def reset() -> None:
@@ -350,6 +530,7 @@ def reset() -> None:
                 pm.unregister(name=name)
         registry.clear()
         _infos.clear()
+        _installed.clear()
         _loaded = False
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
@@ -37,8 +38,11 @@ __all__ = [
     "Registry",
     "Spec",
     "choose",
+    "name_key",
+    "owns",
     "registry",
     "resolve",
+    "spec_namespace",
 ]
 
 
@@ -194,7 +198,9 @@ _LOADED: dict[int, tuple[Backend, Callable[..., Any]]] = {}
 class Spec:
     """Fields every kind of spec shares.
 
-    :param name: ``<slug>`` or ``<slug>.<variant>``; unique across installed plugins.
+    :param name: ``<slug>`` or ``<slug>.<variant>``; unique across installed plugins. The
+        distribution ``attnkit-<slug>`` owns these names (:func:`owns`); attnkit owns its
+        built-ins' names.
     :param paper: the paper implemented, or ``None`` for attnkit's own built-ins.
     :param params: a dataclass type; its fields are the spec's parameters with defaults.
         Validation lives in its ``__post_init__`` and raises ``ValueError``/``TypeError``
@@ -335,6 +341,7 @@ class AttentionSpec(Spec):
         shapes = tensors.check_qkv(q, k, v, spatial_dims=self.spatial_dims, allow_gqa=self.gqa)
         is_causal = tensors.check_is_causal(is_causal, n_axes=shapes.n_spatial, supported=self.causal)
         scale = tensors.check_scale(scale, shapes.head_dim)
+        return_lse = tensors.check_bool(return_lse, "return_lse")
         if mask is not None:
             mask = tensors.check_mask(mask, shapes)
         p = self.make_params(params, **kwargs)
@@ -443,11 +450,44 @@ def _is_exporting() -> bool:
     return bool(onnx_check and onnx_check())
 
 
+def spec_namespace(distribution: str | None) -> str | None:
+    """The spec names distribution ``attnkit-<slug>`` owns, as ``<slug>`` (normalised like
+    :func:`name_key`); ``None`` for a distribution outside that naming scheme.
+
+    >>> spec_namespace("attnkit-Retrieval_Heads")
+    'retrieval-heads'
+    """
+    if not distribution:
+        return None
+    norm = re.sub(r"[-_.]+", "-", distribution).lower()
+    slug = norm.removeprefix("attnkit-")
+    return slug if slug != norm and slug else None
+
+
+def name_key(name: str) -> str:
+    """``name`` as ownership compares it: lower case, ``-`` and ``_`` alike (``.`` separates
+    a variant and stays)."""
+    return re.sub(r"[-_]+", "-", name).lower()
+
+
+def owns(distribution: str | None, name: str) -> bool:
+    """Whether ``distribution`` (``attnkit-<slug>``) owns spec name ``name``: ``<slug>`` and
+    ``<slug>.<variant>`` belong to it."""
+    slug = spec_namespace(distribution)
+    if slug is None:
+        return False
+    key = name_key(name)
+    return key == slug or key.startswith(slug + ".")
+
+
 class Registry:
-    """Installed specs by name. Filled by :func:`attnkit.plugins.load_plugins`."""
+    """Installed specs by name. Filled by :func:`attnkit.plugins.load_plugins`, which decides
+    who may hold a name (see :func:`owns`); names two plugins claim without owning them are
+    kept as *unavailable*, and looking one up raises with both distributions named."""
 
     def __init__(self) -> None:
         self._specs: dict[str, Spec] = {}
+        self._unavailable: dict[str, str] = {}
 
     def add(self, spec: Spec) -> None:
         if not isinstance(spec, Spec):
@@ -455,13 +495,36 @@ class Registry:
         if spec.name in self._specs:
             other = self._specs[spec.name]
             raise ValueError(f"spec name {spec.name!r} is already registered by {other.plugin or 'another plugin'}")
+        if spec.name in self._unavailable:
+            raise ValueError(f"spec name {spec.name!r} is unavailable: {self._unavailable[spec.name]}")
         self._specs[spec.name] = spec
+
+    def remove(self, spec: Spec) -> None:
+        """Remove ``spec`` (this very object: a name since taken by another spec stays)."""
+        if self._specs.get(spec.name) is spec:
+            del self._specs[spec.name]
+
+    def mark_unavailable(self, name: str, why: str) -> None:
+        """Make ``name`` unavailable, ``get`` raising ``ValueError`` with ``why``."""
+        self._unavailable[name] = why
+
+    def unavailable(self) -> dict[str, str]:
+        """Names that are unavailable, with the reason."""
+        return dict(self._unavailable)
+
+    def snapshot(self) -> tuple[dict[str, Spec], dict[str, str]]:
+        """The registry's state, for :meth:`restore` (loading rolls back to it when interrupted)."""
+        return dict(self._specs), dict(self._unavailable)
+
+    def restore(self, state: tuple[dict[str, Spec], dict[str, str]]) -> None:
+        self._specs, self._unavailable = dict(state[0]), dict(state[1])
 
     def remove_plugin(self, plugin: str) -> None:
         self._specs = {n: s for n, s in self._specs.items() if s.plugin != plugin}
 
     def clear(self) -> None:
         self._specs.clear()
+        self._unavailable.clear()
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
@@ -473,8 +536,11 @@ class Registry:
         return len(self._specs)
 
     def get(self, name: str, kind: str | None = None) -> Any:
-        """Return the spec called ``name``; unknown names list the available ones."""
+        """Return the spec called ``name``; unknown names list the available ones, and an
+        unavailable name (a clash) says which distributions claim it."""
         spec = self._specs.get(name)
+        if spec is None and name in self._unavailable:
+            raise ValueError(f"spec name {name!r} is unavailable: {self._unavailable[name]}")
         if spec is None or (kind is not None and spec.kind != kind):
             pool = sorted(s.name for s in self._specs.values() if kind is None or s.kind == kind)
             what = f"{kind} spec" if kind else "spec"

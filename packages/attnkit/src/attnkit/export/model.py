@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ExportReport", "LogitsOnly", "compare_onnx_logits", "export_model", "latency"]
+__all__ = ["ExportReport", "LogitsOnly", "check_model_attention_args", "compare_onnx_logits", "export_model", "latency"]
 
 
 class LogitsOnly(nn.Module):
@@ -65,6 +65,39 @@ def _model(model: Any) -> tuple[nn.Module, Any]:
     return model, None
 
 
+def check_model_attention_args(
+    model: nn.Module,
+    attention: str,
+    attention_params: Mapping[str, Any] | None,
+    lengths: Sequence[int],
+    *,
+    batch: int = 2,
+) -> None:
+    """Check that ``attention`` with ``attention_params`` can run in ``model``'s attention
+    layers at each prompt length, before anything is traced: the q/k/v shapes come from the
+    model's config (query / KV heads, head dim), causality from its attention modules.
+
+    :raises ValueError, TypeError: the spec's own error (a window longer than a length ...).
+    """
+    from attnkit import get_spec
+    from attnkit.export.onnx import check_export_args
+    from attnkit.hf.adapter import attention_layers
+
+    spec = get_spec(attention, "attention")
+    params = dict(attention_params or {})
+    config: Any = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(heads, int) or heads < 1:
+        spec.make_params(**params)  # no config to take shapes from: the parameters alone
+        return
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    modules = attention_layers(model).attention
+    causal = bool(modules) and bool(getattr(modules[0], "is_causal", False))
+    shapes = [(batch, heads, n, head_dim) for n in lengths]
+    check_export_args(spec, shapes, kv_heads=kv_heads, is_causal=causal, **params)
+
+
 def export_model(
     model: Any,
     path: str | os.PathLike[str],
@@ -83,7 +116,9 @@ def export_model(
     :param check_lengths: other lengths the exported graph is run at and compared with the
         patched torch model (max absolute logit difference reported); ``()`` skips the check.
     :param max_length: upper bound of the dynamic sequence axis.
-    :raises ValueError: when a length is not positive or exceeds ``max_length``.
+    :raises ValueError: when a length is not positive or exceeds ``max_length``, or (before
+        tracing) when the attention parameters do not fit a length
+        (:func:`check_model_attention_args`).
     """
     import attnkit
     from attnkit.export.onnx import to_onnx
@@ -91,16 +126,19 @@ def export_model(
     for name, value in (("trace_length", trace_length), *(("check_lengths", n) for n in check_lengths)):
         if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= max_length:
             raise ValueError(f"{name} must be ints in [2, max_length={max_length}], got {value!r}")
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(folder, exist_ok=True)
+    if os.path.isdir(os.fspath(path)):
+        raise ValueError(f"path {os.fspath(path)!r} is a directory; give the .onnx file to write")
     hf, _ = _model(model)
     hf = hf.eval()
+    params = dict(attention_params or {})
+    check_model_attention_args(hf, attention, params, [trace_length, *check_lengths])
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(folder, exist_ok=True)
     wrapper = LogitsOnly(hf)
     vocab = int(hf.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
     example = torch.randint(0, vocab, (2, trace_length), generator=gen)  # batch 1 would be specialised
     t0 = time.perf_counter()
-    params = dict(attention_params or {})
     with attnkit.patch(hf, attention, attention_params=params):
         to_onnx(
             wrapper,

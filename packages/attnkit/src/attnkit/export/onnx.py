@@ -3,18 +3,23 @@ and run the result in onnxruntime.
 
 While exporting, :func:`attnkit.registry.choose` only picks backends marked ``traceable``, so
 a spec whose fast path is a numba or Triton kernel exports its ONNX formulation instead.
+
+Parameters are checked against every shape an export will run at before anything is traced
+(:func:`check_export_args`), and a ``ValueError`` / ``TypeError`` that attnkit (or a plugin)
+raises while tracing is re-raised as itself rather than inside the exporter's error.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["AttentionModule", "check_attention_export", "run_onnx", "to_onnx"]
+__all__ = ["AttentionModule", "check_attention_export", "check_export_args", "run_onnx", "to_onnx"]
 
 DEFAULT_OPSET = 18
 
@@ -51,6 +56,73 @@ class AttentionModule(torch.nn.Module):
         return self.spec(q, k, v, backend=self.backend, is_causal=self.is_causal, scale=self.scale, params=self.params)
 
 
+def check_export_args(
+    spec: Any,
+    shapes: Sequence[tuple[int, ...]],
+    *,
+    kv_heads: int | None = None,
+    is_causal: bool | tuple[bool, ...] = False,
+    **params: Any,
+) -> Any:
+    """Check that ``spec`` with ``params`` can run at each of ``shapes`` before anything is
+    traced: the checks a call makes (q/k/v shapes, GQA, ``is_causal``, the parameter
+    dataclass) and the spec's own ``validate`` (a window larger than the sequence ...).
+
+    :param spec: an :class:`~attnkit.AttentionSpec` or its name.
+    :param shapes: q shapes ``(B, Hq, *S, D)``; k/v have ``kv_heads`` heads (default: Hq).
+    :returns: the parameter dataclass.
+    :raises ValueError, TypeError: the spec's own error, naming the parameter and sizes.
+    """
+    from attnkit import tensors
+    from attnkit.registry import resolve
+
+    if isinstance(spec, str):
+        from attnkit import get_spec
+
+        spec = get_spec(spec, "attention")
+    p = spec.make_params(**params)
+    validate = resolve(spec.validate) if spec.validate is not None else None
+    for shape in shapes:
+        q = torch.zeros(shape)
+        k = v = torch.zeros((shape[0], kv_heads or shape[1], *shape[2:]))
+        found = tensors.check_qkv(q, k, v, spatial_dims=spec.spatial_dims, allow_gqa=spec.gqa)
+        causal = tensors.check_is_causal(is_causal, n_axes=found.n_spatial, supported=spec.causal)
+        if validate is not None:
+            validate(p, q, k, v, causal)
+    return p
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _raised_by_attnkit(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module == "attnkit" or module.startswith(("attnkit.", "attnkit_"))
+
+
+def _attnkit_cause(exc: BaseException) -> ValueError | TypeError | None:
+    """The ``ValueError`` / ``TypeError`` raised by attnkit or a plugin that ``exc`` (an
+    exporter error) wraps, if any."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ValueError, TypeError)) and _raised_by_attnkit(e):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _plain_message(exc: BaseException) -> str:
+    """``str(exc)`` without terminal colour codes."""
+    return _ANSI.sub("", str(exc))
+
+
 def to_onnx(
     module: torch.nn.Module,
     args: Sequence[torch.Tensor],
@@ -65,7 +137,9 @@ def to_onnx(
     :param dynamic_axes: per input, ``{axis: (name, min, max)}``; axes sharing a name share a
         symbolic size. Default: axis 0 is ``batch`` and every token axis (2 .. ndim-2) of a
         4-D-or-more input is dynamic.
-    :raises RuntimeError: when export fails, with the exporter's message.
+    :raises ValueError, TypeError: when tracing failed on attnkit's (or a plugin's) own
+        input check: that message, the exporter's error chained as the cause.
+    :raises RuntimeError: when export fails otherwise, with the exporter's message.
     """
     from torch.export import Dim
 
@@ -87,18 +161,25 @@ def to_onnx(
     path = os.fspath(path)
     module = module.eval()
     with torch.no_grad():
-        program = torch.onnx.export(
-            module,
-            args,
-            path,
-            dynamo=True,
-            input_names=names,
-            output_names=["out"],
-            dynamic_shapes=tuple(shapes),
-            opset_version=opset,
-            optimize=True,
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                module,
+                args,
+                path,
+                dynamo=True,
+                input_names=names,
+                output_names=["out"],
+                dynamic_shapes=tuple(shapes),
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as exc:
+            cause = _attnkit_cause(exc)
+            if cause is None:
+                raise
+            kind = ValueError if isinstance(cause, ValueError) else TypeError
+            raise kind(_plain_message(cause)) from exc
     if program is not None and not os.path.exists(path):
         program.save(path)
     return path
@@ -141,7 +222,10 @@ def check_attention_export(
     :param trace_shape: ``(B, Hq, *S, D)`` used for tracing.
     :param test_shapes: shapes (same rank, heads and D) to run the exported graph at.
     :returns: max absolute error per test shape.
+    :raises ValueError, TypeError: before tracing, when the parameters do not fit a shape
+        (:func:`check_export_args`).
     """
+    check_export_args(spec, [trace_shape, *test_shapes], kv_heads=kv_heads, is_causal=is_causal, **params)
     module = AttentionModule(spec, is_causal=is_causal, **params)
     min_len = _min_axis_len(module.params)
     gen = torch.Generator().manual_seed(seed)
