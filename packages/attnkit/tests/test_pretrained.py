@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("transformers")
 
 import attnkit
-from attnkit.models import load
-from attnkit.models.pretrained import model_path
+from attnkit.models import cachefiles, load
+from attnkit.models.pretrained import _converted, _gguf_file, model_path
 from attnkit.runtime import Capture
 
 needs_smollm2 = pytest.mark.skipif(
@@ -43,6 +43,19 @@ def test_missing_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
         model_path("smollm2")
 
 
+def test_cache_folder_is_keyed_by_source_file_and_non_float32_dtype(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ATTNKIT_CACHE_DIR", str(tmp_path))
+    src = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    src.write_bytes(bytes(10))
+    # float32 keeps the name earlier releases used, so their caches are found (and verified).
+    assert _converted("smollm2", src).name == "smollm2-v1-SmolLM2-135M-Instruct.Q4_1-10"
+    assert (
+        _converted("smollm2", src, torch.float32) == _converted("smollm2", src, "float32") == _converted("smollm2", src)
+    )
+    # A bfloat16 load de-quantises to bfloat16: a later float32 load must not read those weights.
+    assert _converted("smollm2", src, torch.bfloat16).name == "smollm2-v1-SmolLM2-135M-Instruct.Q4_1-10-bfloat16"
+
+
 @needs_smollm2
 @pytest.mark.slow  # loads the model twice more, once from the GGUF file
 def test_smollm2_shape_and_cached_reload_is_identical(smollm2, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -50,6 +63,7 @@ def test_smollm2_shape_and_cached_reload_is_identical(smollm2, tmp_path, monkeyp
     c = model.config
     assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (30, 9, 3, 64)
     load("smollm2")  # makes sure the safetensors cache exists
+    assert cachefiles.check(_converted("smollm2", _gguf_file(model_path("smollm2")))) is None  # sizes and SHA-256
     cached, _ = load("smollm2")
     again, _ = load("smollm2", use_cache_dir=False)  # straight from the GGUF file
     x = tok("The capital of France is", return_tensors="pt")

