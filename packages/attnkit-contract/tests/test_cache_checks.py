@@ -18,7 +18,9 @@ from attnkit_contract.cache_checks import (
     check_cache_batch_independence,
     check_cache_budget_respected,
     check_cache_full_budget_equals_full,
+    check_cache_left_padding,
     check_cache_memory_shrinks,
+    check_cache_multi_token_after_eviction,
     check_cache_reset,
     parametrize_with_cache_contract,
 )
@@ -66,6 +68,58 @@ class _ShiftsValues(WindowPolicy):
         return k, v.roll(1, dims=2)
 
 
+class _PaddingSinks(SinkWindowPolicy):
+    """Counts sinks from column 0, so a left-padded row's sinks are its padding (issue 9)."""
+
+    def forced(self, state: LayerState) -> torch.Tensor | None:
+        return (state.positions >= 0) & (state.positions < self.n_sink)
+
+
+class _RatioOfPaddedLength(WindowPolicy):
+    """Resolves a ratio budget against the padded length, not the row's real tokens."""
+
+    def on_resolve(self, state: LayerState) -> None:
+        budget = self.resolve_budget(state.seen)
+        state.row_budget = torch.full_like(state.row_budget, budget)  # type: ignore[arg-type]
+        state.budget = budget
+
+
+class _SeesEvictedKeys(WindowPolicy):
+    """Claims every returned slot holds a real key: after eviction the freed slot (whose old
+    key is still in memory until the next token overwrites it) stays visible."""
+
+    def key_padding_mask(self, layer_idx: int) -> torch.Tensor | None:
+        return None
+
+
+class _NewTokensFirst(WindowPolicy):
+    """Puts a multi-token step's new keys before the kept ones: causality among them (and
+    what is attended) breaks, although every single-token step is right."""
+
+    def append(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = super().append(layer_idx, key, value)
+        n = key.shape[2]
+        if n > 1 and k.shape[2] > n:
+            k, v = k.roll(n, dims=2), v.roll(n, dims=2)
+            self._view_positions[layer_idx] = self._view_positions[layer_idx].roll(n, dims=2)
+        return k, v
+
+
+class _LayerRagged(CachePolicy):
+    """A correct policy whose layers hold different numbers of slots (layer 1 keeps twice the
+    budget, as layers with retrieval heads do): transformers sizes its one mask by layer 0."""
+
+    def head_budgets(self, state: LayerState) -> torch.Tensor | None:
+        assert state.row_budget is not None
+        wide = next(i for i, s in self.layers.items() if s is state) == 1
+        return state.row_budget.view(-1, 1) * (2 if wide else 1)
+
+
+def test_multi_token_check_passes_layer_ragged_storage() -> None:
+    check_cache_multi_token_after_eviction(_spec("layer_ragged", _LayerRagged))
+    check_cache_left_padding(_spec("layer_ragged", _LayerRagged))
+
+
 @pytest.mark.parametrize(
     ("spec", "check", "message"),
     [
@@ -75,8 +129,23 @@ class _ShiftsValues(WindowPolicy):
         (_spec("loses_sinks", _LosesSinks, n_sink=2), check_cache_always_kept, "always-kept"),
         (_spec("sticks", _SticksAfterReset), check_cache_reset, "reset"),
         (_spec("shifts", _ShiftsValues), check_cache_full_budget_equals_full, "full attention"),
+        (_spec("padding_sinks", _PaddingSinks, n_sink=2), check_cache_left_padding, "left-padded row 1"),
+        (_spec("ratio_of_padded", _RatioOfPaddedLength), check_cache_left_padding, "left-padded row 1"),
+        (_spec("sees_evicted", _SeesEvictedKeys), check_cache_multi_token_after_eviction, "question"),
+        (_spec("new_first", _NewTokensFirst), check_cache_multi_token_after_eviction, "question"),
     ],
-    ids=["budget", "memory", "batch", "always_kept", "reset", "full"],
+    ids=[
+        "budget",
+        "memory",
+        "batch",
+        "always_kept",
+        "reset",
+        "full",
+        "left_padding_sinks",
+        "left_padding_ratio",
+        "multi_token_evicted_visible",
+        "multi_token_order",
+    ],
 )
 def test_checks_catch_bugs(spec: KVCacheSpec, check: Any, message: str) -> None:
     with pytest.raises((AssertionError, ValueError), match=message):

@@ -109,7 +109,8 @@ def test_window_matches_masked_full_forward(model: LlamaForCausalLM, chunks: lis
     want = _masked_logits(model, ids, _window_mask(ids.shape[1], chunks, 4))
     torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
     assert cache.get_seq_length() == ids.shape[1]
-    assert cache.policy.stored_length(0) == 4
+    assert int(cache.policy.kept_counts(0).max()) == 4
+    assert cache.policy.layers[0].capacity == 5  # the budget + the next token's slot
 
 
 def test_sink_window_matches_masked_full_forward(model: LlamaForCausalLM) -> None:
@@ -166,9 +167,11 @@ def test_generate_with_eviction_and_sizes(model: LlamaForCausalLM) -> None:
     assert out.shape == (2, P + 6)
     # the last generated token is never fed back, so P + 5 tokens were seen
     assert cache.get_seq_length() == P + 5
-    assert cache.get_mask_sizes(1, 0) == (6, P + 5 - 5)
-    assert cache.policy.kept_positions(1)[1, 1].tolist() == list(range(P, P + 5))
-    assert cache.nbytes() == 2 * 2 * HKV * 5 * 16 * 8 * 2  # layers * (k, v) * Hkv * T * D * float64 * B
+    slots = cache.policy.stored_length(0)
+    assert slots == 6  # the budget + the slot the next token goes into
+    assert cache.get_mask_sizes(1, 0) == (slots + 1, P + 5 - slots)
+    assert cache.policy.kept_positions(1)[1, 1].tolist() == [*range(P, P + 5), -1]
+    assert cache.nbytes() == 2 * 2 * HKV * 6 * 16 * 8 * 2  # layers * (k, v) * Hkv * slots * D * float64 * B
     # greedy decoding under the window equals teacher-forced decoding of the same tokens
     teacher = _cached_logits(model, AttnkitCache(WindowPolicy(5), config=model.config), out, [P, 1, 1, 1, 1, 1, 1])
     assert torch.equal(teacher[:, P - 1 : -1].argmax(-1), out[:, P:])
@@ -201,3 +204,72 @@ def test_cache_api_surface(model: LlamaForCausalLM) -> None:
     lazy = AttnkitCache(WindowPolicy(3))
     _cached_logits(model, lazy, _ids(1, 5), [5])
     assert len(lazy.layers) == 2
+
+
+def _generate(model: LlamaForCausalLM, ids: torch.Tensor, mask: torch.Tensor, cache: AttnkitCache) -> torch.Tensor:
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            cache=cache,
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return torch.stack(out.logits, dim=1)
+
+
+@pytest.mark.parametrize(
+    ("policy", "budget"),
+    [(WindowPolicy, 0.5), (WindowPolicy, 5), (SinkWindowPolicy, 6), (SinkWindowPolicy, 0.6)],
+    ids=["window-ratio", "window-int", "sink_window-int", "sink_window-ratio"],
+)
+def test_left_padded_batch_equals_each_alone_through_patch(
+    model: LlamaForCausalLM, policy: type[CachePolicy], budget: float
+) -> None:
+    """Through attnkit.patch (the HF adapter): a left-padded row keeps, and attends to, what it
+    would alone; its sinks are its own first tokens and a ratio counts its real tokens (the
+    padding mask used to be read at shifted indices after the first eviction, issue 9)."""
+    import attnkit
+
+    long_ids, short_ids = _ids(1, P + 4, seed=5), _ids(1, P - 1, seed=6)
+    pad = long_ids.shape[1] - short_ids.shape[1]
+    ids = torch.cat([long_ids, torch.cat([torch.zeros(1, pad, dtype=torch.long), short_ids], dim=1)])
+    mask = torch.ones_like(ids)
+    mask[1, :pad] = 0
+    make = (lambda: policy(budget, n_sink=2)) if policy is SinkWindowPolicy else (lambda: policy(budget))
+    with attnkit.patch(model, "dense"):
+        batch = _generate(model, ids, mask, AttnkitCache(make(), config=model.config))
+        for i, alone in enumerate((long_ids, short_ids)):
+            one = _generate(model, alone, torch.ones_like(alone), AttnkitCache(make(), config=model.config))
+            torch.testing.assert_close(batch[i], one[0], atol=1e-10, rtol=0)
+
+
+def test_padding_is_never_kept(model: LlamaForCausalLM) -> None:
+    """Padding tokens become empty slots: never counted against the budget nor attended to."""
+    ids = torch.cat([_ids(1, P), torch.cat([torch.zeros(1, 4, dtype=torch.long), _ids(1, P - 4, seed=2)], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    cache = AttnkitCache(SinkWindowPolicy(0.5, n_sink=2), config=model.config)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, cache=cache, use_cache=True)
+    rows = cache.policy.kept_positions(0)
+    assert [int(p) for p in rows[0, 0] if p >= 0] == [0, 1, 7, 8, 9]  # 0.5 * 10 tokens
+    assert [int(p) for p in rows[1, 0] if p >= 0] == [4, 5, 9]  # 0.5 * 6 real tokens, sinks 4, 5
+
+
+def test_layers_left_unpatched_use_the_cache_mask(model: LlamaForCausalLM) -> None:
+    """patch(layers=[0]): layer 1 runs transformers' SDPA on the cache's keys, whose slots are
+    reused in place and not in token order; it gets the cache's mask (and observes) too."""
+    import attnkit
+
+    chunks = [P, 1, 1, 3, 1]
+    ids = _ids(2, sum(chunks), seed=7)
+    want = _masked_logits(model, ids, _window_mask(ids.shape[1], chunks, 4))
+    with attnkit.patch(model, "dense", layers=[0]):
+        cache = AttnkitCache(WindowPolicy(4), config=model.config)
+        got = _cached_logits(model, cache, ids, chunks)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    assert int(cache.policy.kept_counts(1).max()) == 4

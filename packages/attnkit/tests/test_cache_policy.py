@@ -1,5 +1,6 @@
 """CachePolicy storage, eviction and scoring, driven directly with random tensors; every
-expectation is recomputed by brute force from the appended tensors."""
+expectation is recomputed by brute force from the appended tensors. Slots are reused in place,
+so storage is compared through each slot's position, never through slot order."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from attnkit.cache import (
     query_probabilities,
     resolve_budget,
 )
+from attnkit.cache.policy import GROW_STEP
 
 B, HKV, D = 2, 3, 4
 
@@ -41,30 +43,48 @@ def _kv(t: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def _step(policy: CachePolicy, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward's worth for layer 0: append, then what an attention function does next
+    (observe, with queries the non-scoring policies ignore)."""
+    out = policy.append(0, k, v)
+    policy.observe(0, torch.zeros(B, HKV, k.shape[2], D, dtype=k.dtype), 0.5)
+    return out
+
+
 def _drive(policy: CachePolicy, prompt: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefill ``prompt`` tokens then ``steps`` single tokens into layer 0; returns every
     appended key and value, (B, Hkv, prompt + steps, D), for brute-force comparison."""
     k, v = _kv(prompt, 0)
     ks, vs = [k], [v]
-    policy.append(0, k, v)
+    _step(policy, k, v)
     for s in range(steps):
         k, v = _kv(1, s + 1)
         ks.append(k)
         vs.append(v)
-        policy.append(0, k, v)
+        _step(policy, k, v)
     return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
 
 
+def _rows(policy: CachePolicy, layer: int = 0) -> list[list[int]]:
+    """Kept positions per (sequence, KV head) row, sorted, without empty slots."""
+    pos = policy.kept_positions(layer)
+    return [[int(p) for p in row if p >= 0] for row in pos.reshape(-1, pos.shape[-1])]
+
+
 def _assert_storage_matches(policy: CachePolicy, all_k: torch.Tensor, all_v: torch.Tensor) -> None:
-    """Every kept slot holds exactly the key/value appended at its position."""
+    """Every kept slot holds exactly the key/value appended at its position, each position
+    once; kept_positions() is each row's positions sorted."""
     state = policy.layers[0]
     for b in range(B):
         for h in range(HKV):
             pos = state.positions[b, h]
-            real = pos[pos >= 0]
-            assert torch.equal(state.keys[b, h, : len(real)], all_k[b, h, real])
-            assert torch.equal(state.values[b, h, : len(real)], all_v[b, h, real])
-            assert real.tolist() == sorted(real.tolist())
+            slots = (pos >= 0).nonzero().flatten()
+            real = pos[slots]
+            assert torch.equal(state.keys[b, h, slots], all_k[b, h, real])
+            assert torch.equal(state.values[b, h, slots], all_v[b, h, real])
+            assert len(set(real.tolist())) == len(real)
+            kept = policy.kept_positions(0)[b, h]
+            assert kept[: len(real)].tolist() == sorted(real.tolist()) and bool((kept[len(real) :] == -1).all())
 
 
 # ---------------------------------------------------------------------------- budgets / params
@@ -103,6 +123,14 @@ def test_sink_window_params_validate() -> None:
     policy = SinkWindowPolicy(0.25, n_sink=4)
     with pytest.raises(ValueError, match="n_sink"):
         policy.append(0, *_kv(16, 0))
+    # ... and so is a row whose real tokens (after left padding) are too few for it
+    policy = SinkWindowPolicy(0.25, n_sink=4)
+    policy.defer_eviction = True  # as inside an AttnkitCache: the mask comes with observe()
+    policy.append(0, *_kv(20, 0))
+    mask = torch.ones(B, 1, 20, 20, dtype=torch.bool).tril()
+    mask[1, :, :, :6] = False  # row 1: 14 real tokens, 0.25 * 14 -> 3 <= n_sink
+    with pytest.raises(ValueError, match="n_sink"):
+        policy.observe(0, torch.zeros(B, HKV, 20, D), 0.5, mask)
 
 
 def test_aggregation_validated() -> None:
@@ -139,6 +167,10 @@ def test_full_keeps_everything() -> None:
     all_k, all_v = _drive(policy, 5, 4)
     assert policy.kept_positions(0)[0, 0].tolist() == list(range(9))
     _assert_storage_matches(policy, all_k, all_v)
+    # decode steps write into spare room (one copy per GROW_STEP tokens, not per token)
+    state = policy.layers[0]
+    assert state.capacity == 5 + 1 + GROW_STEP and state.hi == 9
+    assert policy.key_padding_mask(0) is None
 
 
 @pytest.mark.parametrize("budget", [1, 3, 6, 20])
@@ -146,8 +178,9 @@ def test_window_keeps_last_budget(budget: int) -> None:
     policy = WindowPolicy(budget)
     all_k, all_v = _drive(policy, 6, 5)
     want = list(range(max(0, 11 - budget), 11))
-    for row in policy.kept_positions(0).reshape(-1, policy.stored_length()):
-        assert row.tolist() == want
+    assert _rows(policy) == [want] * (B * HKV)
+    # storage: the budget plus the one slot the next token goes into
+    assert policy.layers[0].capacity == budget + 1
     # Every row keeps the same last ``budget`` positions, so no key returned is padding, and
     # the policy says so with None (no mask for the attention to apply), not an all-True mask.
     assert bool((policy.key_positions(0) >= 0).all())
@@ -156,25 +189,34 @@ def test_window_keeps_last_budget(budget: int) -> None:
 
 
 def test_append_returns_kept_plus_new_then_evicts() -> None:
-    """The step attends to the previous kept set plus the new token; storage then shrinks."""
+    """The step attends to the previous kept set plus the new token; storage then shrinks,
+    and the next token takes the freed slot in place (a ring buffer: no copy, no sort)."""
     policy = WindowPolicy(4)
-    policy.append(0, *_kv(6, 0))
-    assert policy.stored_length() == 4
+    _step(policy, *_kv(6, 0))
+    assert policy.stored_length() == 4 and policy.kept_counts(0).tolist() == [[4] * HKV] * B
     k_new, v_new = _kv(1, 9)
     before = policy.layers[0].keys.clone()
     before_v = policy.layers[0].values.clone()
-    k, v = policy.append(0, k_new, v_new)
+    k, v = _step(policy, k_new, v_new)
     assert k.shape == (B, HKV, 5, D)
     assert torch.equal(k, torch.cat([before, k_new], dim=2))
     assert torch.equal(v, torch.cat([before_v, v_new], dim=2))
     assert policy.key_positions(0)[0, 0].tolist() == [2, 3, 4, 5, 6]
-    assert policy.kept_positions(0)[0, 0].tolist() == [3, 4, 5, 6]
+    assert _rows(policy)[0] == [3, 4, 5, 6]
+    # the next token overwrites the slot of position 2 (slot 0), in the same buffer
+    buffer = policy.layers[0].kbuf.data_ptr()
+    k_next, _ = _kv(1, 10)
+    k, _ = _step(policy, k_next, k_next)
+    assert policy.layers[0].kbuf.data_ptr() == buffer
+    assert policy.key_positions(0)[0, 0].tolist() == [7, 3, 4, 5, 6]
+    assert torch.equal(k[:, :, 0], k_next[:, :, 0]) and policy.key_padding_mask(0) is None
+    assert _rows(policy)[0] == [4, 5, 6, 7]
 
 
 def test_sink_window_keeps_sinks_and_recent() -> None:
     policy = SinkWindowPolicy(7, n_sink=3)
     all_k, all_v = _drive(policy, 10, 6)
-    assert policy.kept_positions(0)[1, 2].tolist() == [0, 1, 2, 12, 13, 14, 15]
+    assert _rows(policy)[-1] == [0, 1, 2, 12, 13, 14, 15]
     assert policy.always_kept(16, 7) == [0, 1, 2, 12, 13, 14, 15]
     _assert_storage_matches(policy, all_k, all_v)
 
@@ -195,18 +237,20 @@ class _RaggedPolicy(CachePolicy):
 def test_ragged_heads_padded_and_masked() -> None:
     policy = _RaggedPolicy(2)
     all_k, all_v = _drive(policy, 4, 3)
-    pos = policy.kept_positions(0)
-    assert pos.shape == (B, HKV, 7)
-    assert pos[0, 0].tolist() == list(range(7))
-    assert pos[0, 1].tolist() == [5, 6, -1, -1, -1, -1, -1]
+    assert policy.kept_positions(0).shape[-1] == policy.stored_length() >= 7
+    assert _rows(policy)[0] == list(range(7))
+    assert _rows(policy)[1] == [5, 6]
     assert policy.kept_counts(0).tolist() == [[7, 2, 2], [7, 2, 2]]
     _assert_storage_matches(policy, all_k, all_v)
-    # the next step returns padded rows with padding in the middle, which the mask marks
+    # the next step returns rows with empty slots, which the mask marks: exactly the slots
+    # holding a real key, the new one included
     policy.append(0, *_kv(1, 50))
     mask = policy.key_padding_mask(0)
-    assert mask is not None and mask.shape == (B, HKV, 8)
-    assert mask[0, 1].tolist() == [True, True, False, False, False, False, False, True]
-    assert policy.key_positions(0)[0, 1].tolist() == [5, 6, -1, -1, -1, -1, -1, 7]
+    pos = policy.key_positions(0)
+    assert mask is not None and mask.shape == pos.shape
+    assert torch.equal(mask, pos >= 0)
+    assert sorted(int(p) for p in pos[0, 1] if p >= 0) == [5, 6, 7]
+    assert sorted(int(p) for p in pos[0, 0] if p >= 0) == list(range(8))
 
 
 def test_ties_go_to_earlier_tokens() -> None:
@@ -215,16 +259,24 @@ def test_ties_go_to_earlier_tokens() -> None:
             return torch.zeros(state.positions.shape, dtype=torch.float64)
 
     policy = Flat(3)
-    policy.append(0, *_kv(6, 0))
-    assert policy.kept_positions(0)[0, 0].tolist() == [0, 1, 2]
+    _step(policy, *_kv(6, 0))
+    assert _rows(policy)[0] == [0, 1, 2]
+    # ... also once slots are out of order (the ring): a decode step drops the newest tie
+    for s in range(3):
+        _step(policy, *_kv(1, 20 + s))
+        assert _rows(policy)[0] == [0, 1, 2]
 
 
 def test_reset_and_reorder() -> None:
     policy = WindowPolicy(3)
     all_k, _ = _drive(policy, 4, 2)
     policy.reorder(torch.tensor([1, 1, 0]))
-    assert policy.layers[0].keys.shape[0] == 3
-    assert torch.equal(policy.layers[0].keys[0], all_k[1, :, 3:6])
+    state = policy.layers[0]
+    assert state.keys.shape[0] == 3
+    for h in range(HKV):
+        slots = (state.positions[0, h] >= 0).nonzero().flatten()
+        assert torch.equal(state.keys[0, h, slots], all_k[1, h, state.positions[0, h, slots]])
+        assert sorted(state.positions[0, h, slots].tolist()) == [3, 4, 5]
     policy.reset()
     assert policy.nbytes() == 0 and policy.seen() == 0 and policy.layers == {}
 

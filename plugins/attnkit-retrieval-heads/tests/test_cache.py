@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
 from _retrieval_helpers import VOCAB, tiny_llama
 
 import attnkit
+from attnkit import KVCacheSpec
 from attnkit.cache import AttnkitCache
+from attnkit_contract.cache_checks import (
+    check_cache_batch_independence,
+    check_cache_full_budget_equals_full,
+    check_cache_left_padding,
+    check_cache_multi_token_after_eviction,
+    check_cache_reset,
+    reference_step,
+)
 from attnkit_retrieval_heads import RETRIEVAL_CACHE, RetrievalCacheParams
-from attnkit_retrieval_heads.cache import RetrievalHeadsPolicy, build, retrieval_kv_heads, select_heads
+from attnkit_retrieval_heads.cache import RetrievalHeadsPolicy, build, retrieval_kv_heads, select_heads, split_budget
 
 PROMPT, NEW = 30, 5
 
@@ -94,13 +104,44 @@ def test_spec_through_patch_with_scores_json(model, tmp_path) -> None:  # type: 
     assert retrieval_kv_heads([(0, 5), (0, 4), (2, 0)], 3) == {0: {1}, 2: {0}}
 
 
-def test_budget_caps_retrieval_heads(model) -> None:  # type: ignore[no-untyped-def]
+def test_budget_is_the_whole_cache_split_by_layers(model) -> None:  # type: ignore[no-untyped-def]
+    """With a budget the cache holds ``budget`` slots per layer and KV head in all, the
+    retrieval layer as wide as its retrieval head (issue 9: it used to hold ~35% more)."""
     policy = build(RetrievalCacheParams(heads=((0, 0),), group_size=2, window=3, n_sink=2, budget=10))
     _run(model, policy)
     seen = policy.seen(0)
-    rows = [[int(p) for p in row if p >= 0] for row in policy.kept_positions(0)[0]]
-    assert rows[0] == [0, 1, *range(seen - 8, seen)]
-    assert rows[1] == [0, 1, *range(seen - 3, seen)]
+    # 2 layers x 10 = 20 slots: others keep sinks + window (5), the retrieval head the rest (15)
+    assert split_budget(10, PROMPT, 2, 1, n_sink=2, window=3) == (15, 5)
+    rows0 = [[int(p) for p in row if p >= 0] for row in policy.kept_positions(0)[0]]
+    rows1 = [[int(p) for p in row if p >= 0] for row in policy.kept_positions(1)[0]]
+    assert rows0[0] == [0, 1, *range(seen - 13, seen)]
+    assert rows0[1] == [0, 1, *range(seen - 3, seen)] == rows1[0] == rows1[1]
+    # bytes: each layer's slots (the widest row) + the next token's slot, K and V, float64
+    slot = 2 * 2 * 16 * 8  # (k, v) x Hkv x head dim x 8 bytes
+    assert policy.nbytes() == (15 + 1 + 5 + 1) * slot
+    assert policy.nbytes() == 2 * (10 + 1) * slot  # what a 10-token window cache holds
+
+
+def test_split_budget_closed_forms() -> None:
+    # retrieval layers keep the whole prompt when the others can keep sinks + window ...
+    assert split_budget(512, 2048, 30, 5, n_sink=4, window=64) == (2048, (30 * 512 - 5 * 2048) // 25)
+    # ... otherwise the others keep sinks + window and the retrieval heads get the rest
+    assert split_budget(512, 2048, 30, 10, n_sink=4, window=64) == ((30 * 512 - 20 * 68) // 10, 68)
+    assert split_budget(512, 2048, 30, 0, n_sink=4, window=64) == (512, 512)  # no retrieval head
+    assert split_budget(512, 2048, 30, 30, n_sink=4, window=64) == (512, 68)  # all layers
+    for r in range(31):
+        retrieval, other = split_budget(512, 2048, 30, r, n_sink=4, window=64)
+        assert r * retrieval + (30 - r) * other <= 30 * 512
+        assert other <= 512 <= retrieval <= 2048
+
+
+def test_group_size_checked_against_the_model(model) -> None:  # type: ignore[no-untyped-def]
+    # in range but wrong: query head 1 would be read from KV head 1 instead of 0
+    policy = RetrievalHeadsPolicy([(0, 1)], group_size=1, window=4)
+    with pytest.raises(ValueError, match=r"group_size=1 but the model has 4 query heads over 2 KV heads"):
+        _run(model, policy)
+    with pytest.raises(ValueError, match=r"layers \[5\] but the model has 2 layers"):
+        _run(model, RetrievalHeadsPolicy([(5, 0)], group_size=2, window=4))
 
 
 def test_group_size_mismatch_raises(model) -> None:  # type: ignore[no-untyped-def]
@@ -148,3 +189,50 @@ def test_needle_accuracy_runs_the_policy(model) -> None:  # type: ignore[no-unty
     )
     plain = greedy_generate(model, tok, case.tensor(), 6)
     assert wide.answers == [tok.decode(plain)]
+
+
+@dataclass(frozen=True)
+class _WithHeads(RetrievalCacheParams):
+    """Retrieval heads in layer 1 only: layer 1 holds more slots than layer 0, which
+    transformers sizes its one mask by (the crash of issue 9)."""
+
+    heads: tuple[tuple[int, int], ...] = ((1, 0),)
+    group_size: int = 2
+    window: int = 2
+    n_sink: int = 1
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_cache_full_budget_equals_full,
+        check_cache_batch_independence,
+        check_cache_left_padding,
+        check_cache_multi_token_after_eviction,
+        check_cache_reset,
+    ],
+    ids=lambda c: c.__name__,
+)
+def test_cache_contract_with_retrieval_heads(check) -> None:  # type: ignore[no-untyped-def]
+    check(KVCacheSpec(name="retrieval_heads_cache.layer1", params=_WithHeads, factory=build))
+
+
+def test_question_after_compressed_context_through_patch(model) -> None:  # type: ignore[no-untyped-def]
+    """A 5-token question appended to a compressed prompt, through attnkit.patch (the HF
+    adapter, where `mask & km` used to fail with 'size of tensor a (265) must match ... b
+    (2042)'), equals dense attention over what the policy kept plus the question."""
+    from transformers import DynamicCache
+
+    policy = RetrievalHeadsPolicy([(1, 0)], group_size=2, window=3, n_sink=1, budget=12)
+    cache = AttnkitCache(policy, config=model.config)
+    ids = torch.randint(0, VOCAB, (2, PROMPT + 5), generator=torch.Generator().manual_seed(4))
+    with attnkit.patch(model), torch.no_grad():
+        full = DynamicCache(config=model.config)
+        model(ids[:, :PROMPT], cache=full, use_cache=True)
+        model(ids[:, :PROMPT], cache=cache, use_cache=True)
+        assert policy.stored_length(1) > policy.stored_length(0)  # ragged across layers
+        kept = [policy.kept_positions(layer).clone() for layer in range(2)]
+        got = model(ids[:, PROMPT:], cache=cache, use_cache=True).logits
+    kv = [[layer.keys, layer.values] for layer in full.layers]
+    want = reference_step(model, ids[:, PROMPT:], PROMPT, kv, kept)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)

@@ -96,7 +96,9 @@ def test_selection_equals_naive_recomputation(budget: int, heavy_ratio: float, a
         policy.observe(0, q, scale)
         got = [[[int(p) for p in row if p >= 0] for row in seq] for seq in policy.kept_positions(0)]
         assert got == want[i], f"step {i}"
-        assert policy.layers[0].extra[SCORE].shape == policy.layers[0].positions.shape
+        state = policy.layers[0]
+        assert state.extra[SCORE].shape == state.pbuf.shape
+        assert state.extra_view(SCORE).dtype == torch.float64  # float64 inputs keep float64 scores
 
 
 def test_heavy_zero_equals_window() -> None:
@@ -106,7 +108,10 @@ def test_heavy_zero_equals_window() -> None:
         h2o.append(0, k, v)
         h2o.observe(0, q, 0.5)
         window.append(0, k, v)
+        window.observe(0, q, 0.5)
         assert torch.equal(h2o.kept_positions(0), window.kept_positions(0))
+        # the same slots too: the one freed is the one the next token takes
+        assert torch.equal(h2o.layers[0].positions, window.layers[0].positions)
         assert torch.equal(h2o.layers[0].keys, window.layers[0].keys)
 
 
@@ -124,8 +129,9 @@ def test_planted_heavy_hitter_survives() -> None:
     kept = policy.kept_positions(0)
     assert all(2 in kept[1, h].tolist() for h in range(HKV))
     # it outscores the rest: most queries put most of their attention on it
-    scores = policy.layers[0].extra[SCORE][1, 0]
-    assert int(scores.argmax()) == kept[1, 0].tolist().index(2)
+    state = policy.layers[0]
+    scores = state.extra_view(SCORE)[1, 0].masked_fill(state.positions[1, 0] < 0, float("-inf"))
+    assert int(state.positions[1, 0, int(scores.argmax())]) == 2
     # a window of the same budget has dropped it long ago
     assert policy.seen(0) - 4 > 2
 
@@ -164,9 +170,9 @@ def test_h2o_in_generate_keeps_budget_and_evicts_without_observe() -> None:
     for i, t in enumerate([5, 1, 1]):
         _, k, v = _step_inputs(t, i)
         policy.append(0, k, v)
-    assert policy.stored_length(0) == 4  # 3 kept + the pending token
+    assert int(policy.kept_counts(0).max()) == 4  # 3 kept + the pending token
     policy.evict(0)
-    assert policy.stored_length(0) == 3
+    assert int(policy.kept_counts(0).max()) == 3
 
 
 def test_params_validate() -> None:
@@ -206,3 +212,67 @@ try:
         check(spec)  # type: ignore[operator]
 except ImportError:  # pragma: no cover - attnkit-contract not installed
     pass
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kpos: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
+    """Brute-force attention: query at position p sees the slots whose position is in [0, p]."""
+    out = torch.zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[-1], dtype=q.dtype)
+    for b in range(q.shape[0]):
+        for hq in range(q.shape[1]):
+            h = hq // G
+            for i, p in enumerate(qpos.tolist()):
+                ok = [j for j in range(k.shape[2]) if 0 <= int(kpos[b, h, j]) <= p]
+                w = torch.softmax(torch.stack([q[b, hq, i] @ k[b, h, j] * 0.4 for j in ok]), 0)
+                out[b, hq, i] = sum(wj * v[b, h, j] for wj, j in zip(w, ok))
+    return out
+
+
+def test_output_handed_back_equals_dense_attention() -> None:
+    """observe(attend=True) returns the attention it computed while scoring (so the adapter
+    skips its kernel): prefill in several query chunks, decode steps into reused slots, and a
+    multi-token step after eviction all equal brute-force attention over the returned keys."""
+    policy = H2OPolicy(5, heavy_ratio=0.4, chunk=3)
+    seen = 0
+    for i, t in enumerate([9, 1, 1, 4, 1]):
+        q, k, v = _step_inputs(t, 200 + i)
+        keys, values = policy.append(0, k, v)
+        kpos = policy.key_positions(0).clone()
+        out = policy.observe(0, q, 0.4, attend=True)
+        assert out is not None and out.shape == (B, HQ, t, D)
+        want = _dense(q, keys, values, kpos, torch.arange(seen, seen + t))
+        torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
+        seen += t
+    assert int(policy.kept_counts(0).max()) == 5
+    # a caller that runs its own attention gets nothing back
+    other = H2OPolicy(5)
+    q, k, v = _step_inputs(9, 200)
+    other.append(0, k, v)
+    assert other.observe(0, q, 0.4) is None
+
+
+def test_left_padded_batch_through_patch_equals_alone() -> None:
+    """H2O through attnkit.patch (dense attention handed back by the policy): a left-padded
+    row's scores ignore the padding and its ratio budget counts its real tokens."""
+    import attnkit
+    from attnkit_contract.cache_checks import tiny_llama
+
+    model = tiny_llama()
+    long_ids = torch.randint(3, 128, (1, 14), generator=torch.Generator().manual_seed(8))
+    short_ids = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(9))
+    ids = torch.cat([long_ids, torch.cat([torch.zeros(1, 5, dtype=torch.long), short_ids], dim=1)])
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+
+    def run(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        cache = AttnkitCache(H2OPolicy(0.5), config=model.config)
+        with torch.no_grad():
+            out = model.generate(
+                x, attention_mask=m, cache=cache, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                output_logits=True, return_dict_in_generate=True,
+            )  # fmt: skip
+        return torch.stack(out.logits, dim=1)
+
+    with attnkit.patch(model, "dense"):
+        batch = run(ids, mask)
+        for i, alone in enumerate((long_ids, short_ids)):
+            torch.testing.assert_close(batch[i], run(alone, torch.ones_like(alone))[0], atol=1e-10, rtol=0)

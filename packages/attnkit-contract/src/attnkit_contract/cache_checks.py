@@ -25,7 +25,14 @@ import torch
 
 from attnkit.registry import KVCacheSpec, resolve
 
-__all__ = ["CACHE_BACKEND", "CACHE_CHECKS", "cache_contract_params", "parametrize_with_cache_contract", "tiny_llama"]
+__all__ = [
+    "CACHE_BACKEND",
+    "CACHE_CHECKS",
+    "cache_contract_params",
+    "parametrize_with_cache_contract",
+    "reference_step",
+    "tiny_llama",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,12 +109,14 @@ def _prompts(batch: int, seed: int = 1, length: int = PROMPT) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), generator=g)
 
 
-def _generate(model: Any, ids: torch.Tensor, cache: Any, new: int = NEW_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+def _generate(
+    model: Any, ids: torch.Tensor, cache: Any, new: int = NEW_TOKENS, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy tokens ``(B, new)`` and their logits ``(B, new, V)``."""
     with torch.no_grad():
         out = model.generate(
             ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=torch.ones_like(ids) if attention_mask is None else attention_mask,
             cache=cache,
             max_new_tokens=new,
             min_new_tokens=new,
@@ -125,15 +134,20 @@ def _new_cache(model: Any, policy: Any) -> Any:
     return AttnkitCache(policy, config=model.config)
 
 
-def _steps(model: Any, cache: Any, ids: torch.Tensor, new: int) -> Iterable[int]:
-    """Prefill then greedy decode with plain forward calls; yields after each forward."""
+def _steps(model: Any, cache: Any, ids: torch.Tensor, new: int, chunk_at: int | None = None) -> Iterable[int]:
+    """Prefill then greedy decode with plain forward calls; yields the tokens seen after each
+    forward. With ``chunk_at``, that step feeds 3 tokens at once (the greedy one and two more)."""
     with torch.no_grad():
         logits = model(ids, cache=cache, use_cache=True).logits
-        yield 0
+        seen = ids.shape[1]
+        yield seen
         for step in range(1, new + 1):
             nxt = logits[:, -1].argmax(-1, keepdim=True)
+            if step == chunk_at:
+                nxt = torch.cat([nxt, (nxt + 1) % VOCAB, (nxt + 2) % VOCAB], dim=1)
             logits = model(nxt, cache=cache, use_cache=True).logits
-            yield step
+            seen += nxt.shape[1]
+            yield seen
 
 
 @_one_thread
@@ -170,8 +184,9 @@ def _kept_rows(policy: Any, layer: int) -> list[list[int]]:
 
 @_one_thread
 def check_cache_budget_respected(spec: Any) -> None:
-    """After every forward (prefill and each decode step) no layer, sequence or KV head holds
-    more than the resolved budget, and kept positions are sorted and unique."""
+    """After every forward (prefill, each decode step, and one 3-token forward among them) no
+    layer, sequence or KV head holds more than the resolved budget, and kept positions are
+    sorted and unique."""
     spec = _check_spec(spec)
     if not _has_budget(spec):
         pytest.skip(f"{spec.name} has no budget parameter")
@@ -179,7 +194,7 @@ def check_cache_budget_respected(spec: Any) -> None:
     for budget in (6, 0.5):
         policy = make_policy(spec, budget)
         cache = _new_cache(model, policy)
-        for step in _steps(model, cache, _prompts(2), NEW_TOKENS):
+        for step, seen in enumerate(_steps(model, cache, _prompts(2), NEW_TOKENS, chunk_at=3)):
             for layer in range(model.config.num_hidden_layers):
                 limit = policy.resolved_budget(layer)
                 want = budget if isinstance(budget, int) else max(1, int(budget * PROMPT))
@@ -196,10 +211,8 @@ def check_cache_budget_respected(spec: Any) -> None:
                         raise AssertionError(
                             f"{spec.name}: kept positions {row} in layer {layer} are not sorted and unique"
                         )
-            if cache.get_seq_length() != PROMPT + step:
-                raise AssertionError(
-                    f"{spec.name}: get_seq_length() is {cache.get_seq_length()} after {PROMPT + step} tokens"
-                )
+            if cache.get_seq_length() != seen:
+                raise AssertionError(f"{spec.name}: get_seq_length() is {cache.get_seq_length()} after {seen} tokens")
 
 
 @_one_thread
@@ -210,7 +223,7 @@ def check_cache_always_kept(spec: Any) -> None:
     model = tiny_llama()
     policy = make_policy(spec, 7)
     cache = _new_cache(model, policy)
-    for step in _steps(model, cache, _prompts(2), NEW_TOKENS):
+    for step, _ in enumerate(_steps(model, cache, _prompts(2), NEW_TOKENS)):
         for layer in range(model.config.num_hidden_layers):
             must = set(policy.always_kept(policy.seen(layer), policy.resolved_budget(layer)))
             for row in _kept_rows(policy, layer):
@@ -238,6 +251,113 @@ def check_cache_batch_independence(spec: Any) -> None:
         err = (logits[i] - one_logits[0]).abs().max().item()
         if err > F64_TOL:
             raise AssertionError(f"{spec.name}: sequence {i} logits differ by {err:.3e} between batch and alone")
+
+
+@_one_thread
+def check_cache_left_padding(spec: Any) -> None:
+    """A left-padded batch of two prompts of different lengths equals each prompt run alone
+    (tokens and logits), at an absolute and a ratio budget: padding is never kept, attended
+    to or counted, and ratios, sinks and windows count from each row's first real token."""
+    spec = _check_spec(spec)
+    model = tiny_llama()
+    short = PROMPT - 5
+    long_ids, short_ids = _prompts(1, seed=11), _prompts(1, seed=12, length=short)
+    ids = torch.cat([long_ids, torch.cat([torch.zeros(1, PROMPT - short, dtype=torch.long), short_ids], dim=1)])
+    mask = torch.ones_like(ids)
+    mask[1, : PROMPT - short] = 0
+    for budget in (6, 0.5) if _has_budget(spec) else (None,):
+        tok, logits = _generate(model, ids, _new_cache(model, make_policy(spec, budget)), attention_mask=mask)
+        for i, alone in enumerate((long_ids, short_ids)):
+            one_tok, one_logits = _generate(model, alone, _new_cache(model, make_policy(spec, budget)))
+            where = f"{spec.name} (budget={budget!r}): left-padded row {i} ({alone.shape[1]} real tokens)"
+            if not torch.equal(tok[i], one_tok[0]):
+                raise AssertionError(
+                    f"{where} generates {tok[i].tolist()} in the batch but {one_tok[0].tolist()} alone"
+                )
+            err = (logits[i] - one_logits[0]).abs().max().item()
+            if err > F64_TOL:
+                raise AssertionError(f"{where}: logits differ by {err:.3e} between the padded batch and alone")
+
+
+def reference_step(
+    model: Any, ids: torch.Tensor, start: int, kv: list[list[torch.Tensor]], kept: list[torch.Tensor]
+) -> torch.Tensor:
+    """Logits ``(B, n, V)`` of the ``n`` tokens ``ids`` at positions ``start..start+n-1``, each
+    layer attending densely to the ``kept`` positions of its rows (``(B, Hkv, T)``, -1 unused)
+    plus the new tokens causally, with the model's own weights and nothing of the cache code.
+    ``kv[layer] = [K, V]``, ``(B, Hkv, P, D)`` by position, gets the new tokens' keys and values."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    base = model.model
+    b, n = ids.shape
+    hidden = base.embed_tokens(ids)
+    position_ids = torch.arange(start, start + n).unsqueeze(0).expand(b, n)
+    cos, sin = base.rotary_emb(hidden, position_ids)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    for layer_idx, layer in enumerate(base.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        hd = attn.head_dim
+        q = attn.q_proj(x).view(b, n, -1, hd).transpose(1, 2)
+        k = attn.k_proj(x).view(b, n, -1, hd).transpose(1, 2)
+        v = attn.v_proj(x).view(b, n, -1, hd).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        hq, hkv = q.shape[1], k.shape[1]
+        keys, values = kv[layer_idx]
+        out = torch.zeros_like(q)
+        for bi in range(b):
+            for h in range(hkv):
+                row = kept[layer_idx][bi, h]
+                old = row[row >= 0]
+                ks = torch.cat([keys[bi, h, old], k[bi, h]])
+                vs = torch.cat([values[bi, h, old], v[bi, h]])
+                allowed = torch.cat([torch.ones(n, len(old), dtype=torch.bool), causal], dim=1)
+                for qh in range(h * (hq // hkv), (h + 1) * (hq // hkv)):
+                    logits = (q[bi, qh] @ ks.T) * attn.scaling
+                    out[bi, qh] = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1) @ vs
+        kv[layer_idx] = [torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)]
+        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return model.lm_head(base.norm(hidden))
+
+
+@_one_thread
+def check_cache_multi_token_after_eviction(spec: Any) -> None:
+    """Several tokens in one forward after eviction (a question appended to a compressed
+    prompt; chunked prefill, speculative blocks) attend to exactly what the policy kept plus
+    themselves, causally: prompt, one decode step, a 5-token question, one more decode step,
+    each compared with a layer-by-layer recomputation from the model's weights
+    (:func:`reference_step`) over the kept positions the policy reports."""
+    from transformers import DynamicCache
+
+    spec = _check_spec(spec)
+    model = tiny_llama()
+    ids = _prompts(2, seed=7, length=PROMPT + 1 + 5 + 1)
+    budget = 6 if _has_budget(spec) else None
+    policy = make_policy(spec, budget)
+    cache = _new_cache(model, policy)
+    layers = model.config.num_hidden_layers
+    with torch.no_grad():
+        full = DynamicCache(config=model.config)
+        model(ids[:, :PROMPT], cache=full, use_cache=True)  # the prompt's K/V under full attention
+        kv = [[layer.keys, layer.values] for layer in full.layers]
+        model(ids[:, :PROMPT], cache=cache, use_cache=True)
+        start = PROMPT
+        for n, what in ((1, "a decode step"), (5, "a 5-token question"), (1, "the decode step after it")):
+            kept = [policy.kept_positions(layer).clone() for layer in range(layers)]
+            piece = ids[:, start : start + n]
+            try:
+                got = model(piece, cache=cache, use_cache=True).logits
+            except RuntimeError as exc:
+                raise AssertionError(f"{spec.name} (budget={budget!r}): {what} after eviction raises {exc}") from exc
+            want = reference_step(model, piece, start, kv, kept)
+            err = (got - want).abs().max().item()
+            if err > F64_TOL:
+                raise AssertionError(
+                    f"{spec.name} (budget={budget!r}): {what} at position {start} differs by {err:.3e} from dense "
+                    "attention over the kept keys plus the new tokens"
+                )
+            start += n
 
 
 @_one_thread
@@ -309,6 +429,8 @@ CACHE_CHECKS: dict[str, Callable[[Any], None]] = {
         check_cache_budget_respected,
         check_cache_always_kept,
         check_cache_batch_independence,
+        check_cache_left_padding,
+        check_cache_multi_token_after_eviction,
         check_cache_reset,
         check_cache_memory_shrinks,
         check_cache_params_validate,

@@ -1,6 +1,6 @@
 """The retrieval-heads part of ``attnkit run``: detect retrieval heads on the job's needle
 cases, compare masking the top heads with masking random ones, and hand the detected heads to
-the ``retrieval_heads_cache`` policy sized to the job's budget."""
+the ``retrieval_heads_cache`` policy (which sizes itself to the job's budget)."""
 
 from __future__ import annotations
 
@@ -13,29 +13,21 @@ def params_for_budget(
     heads: list[tuple[int, int]],
     *,
     budget: float | int,
-    prompt_len: int,
-    n_layers: int,
-    n_kv_heads: int,
     group_size: int,
     n_sink: int = 4,
-    min_window: int = 16,
+    **_ignored: Any,
 ) -> dict[str, Any]:
-    """``retrieval_heads_cache`` parameters that hold about ``budget`` of the prompt's KV in
-    total: KV heads serving a retrieval head keep everything, and the window of the others is
-    what the rest of the budget allows (at least ``min_window``).
+    """``retrieval_heads_cache`` parameters holding ``budget`` of the prompt's KV in total.
 
-    :param budget: a ratio in (0, 1] of ``prompt_len``, or a token count per KV head.
+    The policy sizes the split itself (:func:`attnkit_retrieval_heads.cache.split_budget`, from
+    the model's layer count that :class:`~attnkit.cache.AttnkitCache` gives it): the layers
+    holding a retrieval head keep everything when the others can still keep a window, each
+    layer's storage counted as wide as its widest KV head. (The window used to be computed
+    here from token counts, which left the padded layers out and held ~35% more, issue 9.)
+
+    :param budget: a ratio in (0, 1] of the prompt, or a token count per KV head.
     """
-    from attnkit_retrieval_heads.cache import retrieval_kv_heads
-
-    kv = retrieval_kv_heads(heads, group_size)
-    full = sum(len(v) for v in kv.values())
-    total = n_layers * n_kv_heads
-    per_head = budget * prompt_len if isinstance(budget, float) else float(budget)
-    # tokens left for the non-retrieval KV heads once the retrieval ones hold the whole prompt
-    spare = (per_head * total - full * prompt_len) / max(total - full, 1)
-    window = max(min_window, int(spare) - n_sink)
-    return {"heads": tuple(heads), "group_size": group_size, "window": window, "n_sink": n_sink, "budget": None}
+    return {"heads": tuple(heads), "group_size": group_size, "n_sink": n_sink, "budget": budget}
 
 
 def run(job: Any) -> Any:
@@ -60,25 +52,20 @@ def run(job: Any) -> Any:
     top = result.top(10)
     headline = (
         f"{len(above)} of {scores.n_layers * scores.n_heads} heads score > 0.1 "
-        f"({100 * scores.fraction_above():.1f}%); needle accuracy {masking['none']['accuracy']:.2f} unmasked, "
+        f"({100 * scores.fraction_above():.1f}%); needle accuracy (n={min(len(cases), 5)} prompts) "
+        f"{masking['none']['accuracy']:.2f} unmasked, "
         f"{masking[f'top{k}']['accuracy']:.2f} with the top {k} masked, "
         f"{masking[f'random{k}']['accuracy']:.2f} with {k} random heads masked"
     )
     heads = above or [h for h, _ in top[:5]]
 
-    def cache_params(case: Any, budget: float | int) -> dict[str, Any]:
-        return params_for_budget(
-            heads,
-            budget=budget,
-            prompt_len=len(case.input_ids),
-            n_layers=config.num_hidden_layers,
-            n_kv_heads=config.num_key_value_heads,
-            group_size=group,
-        )
+    # plain data (JSON-able): `attnkit bench cache` saves it and reuses it; the job adds the budget
+    cache_params = {"heads": [list(h) for h in heads], "group_size": group, "n_sink": 4}
 
     rows = [[f"{layer}-{head}", score] for (layer, head), score in top]
+    n_mask = min(len(cases), 5)
     mask_rows = [
-        [name, len(v.get("heads", [])), v["accuracy"], v["mean_recall"]]
+        [name, len(v.get("heads", [])), v["accuracy"], n_mask, v["mean_recall"]]
         for name, v in masking.items()
         if isinstance(v, dict)
     ]
@@ -98,7 +85,10 @@ def run(job: Any) -> Any:
             + headline
             + f" (masking measured on the first {min(len(cases), 5)} cases). Masking = uniform attention for those heads.",
         ],
-        tables=[(["head (layer-head)", "score"], rows), (["masked", "heads", "accuracy", "mean recall"], mask_rows)],
+        tables=[
+            (["head (layer-head)", "score"], rows),
+            (["masked", "heads", "accuracy", "n", "mean recall"], mask_rows),
+        ],
         figures=[png],
-        cache_params={"retrieval_heads_cache": cache_params},  # type: ignore[dict-item]
+        cache_params={"retrieval_heads_cache": cache_params},
     )

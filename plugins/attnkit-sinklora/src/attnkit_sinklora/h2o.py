@@ -5,14 +5,18 @@ rows during prefill, each decoded token after), per sequence and per KV head: a 
 ``agg_g(Σ_q A[b, g, q, k])`` over the query heads ``g`` of the KV head's group (``mean`` or
 ``max``). Nothing is summed over the batch (the official ``H2OKVCache_LayerWise`` sums over it
 and so is bsz = 1 only). After each step the cache keeps the ``recent`` newest tokens plus the
-``heavy`` older ones with the largest scores (ties to the earlier token), in position order;
-evicted tokens' scores are dropped with them.
+``heavy`` older ones with the largest scores (ties to the earlier token); evicted tokens'
+scores are dropped with them.
 
-The probabilities are recomputed from the queries (:meth:`CachePolicy.observe`) in float32
-(float64 for float64 inputs), chunked over queries, so no eager attention is needed. Keys keep
-their original RoPE positions (the real-drop script's position shift is not reproduced).
-Scores are cumulative, not normalised by how many queries saw a key, as in the paper, so
-earlier tokens are favoured.
+Eviction is in place: a decode step adds one token and drops the lowest-scored older token
+(one ``argmin`` over the slots, no sort), whose slot the next token takes. The probabilities
+are recomputed from the queries (:meth:`CachePolicy.observe`) in float32 (float64 for float64
+inputs), chunked over queries, so no eager attention is needed; when the model runs dense
+attention, the policy returns the attention output it gets from those probabilities
+(:meth:`CachePolicy.on_attend`) and the attention kernel is skipped, so scoring costs about
+one matmul more than plain attention, not a second attention. Keys keep their original RoPE
+positions (the real-drop script's position shift is not reproduced). Scores are cumulative,
+not normalised by how many queries saw a key, as in the paper, so earlier tokens are favoured.
 """
 
 from __future__ import annotations
@@ -22,19 +26,21 @@ from typing import Any, ClassVar
 import torch
 
 from attnkit.cache.params import resolve_budget
-from attnkit.cache.policy import CachePolicy, LayerState, query_probabilities
+from attnkit.cache.policy import CachePolicy, LayerState
 from attnkit_sinklora.h2o_params import H2OParams, split_budget
 
 __all__ = ["SCORE", "H2OPolicy", "build"]
 
-#: Key of the accumulated scores in :attr:`LayerState.extra`, ``(B, Hkv, T)`` float64.
+#: Key of the accumulated scores in :attr:`LayerState.extra`, ``(B, Hkv, C)`` float32
+#: (float64 for float64 keys); :meth:`LayerState.extra_view` gives the slots in use.
 SCORE = "h2o_score"
+_RECENT = "h2o_recent"
 
 
 class H2OPolicy(CachePolicy):
     """The H2O policy; see the module docstring.
 
-    :param budget: int >= 1 or ratio in (0, 1] of the prompt length.
+    :param budget: int >= 1 or ratio in (0, 1] of the prompt length (of each row's real tokens).
     :param heavy_ratio: share of the budget for heavy hitters (``floor``), the rest recent.
     :param aggregation: ``"mean"`` or ``"max"`` over a KV head's query group.
     :param chunk: queries per chunk when recomputing attention (bounds memory in prefill).
@@ -44,7 +50,7 @@ class H2OPolicy(CachePolicy):
     needs_queries: ClassVar[bool] = True
 
     def __init__(
-        self, budget: int | float = 0.2, heavy_ratio: float = 0.5, aggregation: str = "mean", chunk: int = 256
+        self, budget: int | float = 0.2, heavy_ratio: float = 0.5, aggregation: str = "mean", chunk: int = 128
     ) -> None:
         H2OParams(budget=budget, heavy_ratio=heavy_ratio, aggregation=aggregation)
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -63,40 +69,94 @@ class H2OPolicy(CachePolicy):
     def resolve_budget(self, prompt_length: int) -> int | None:
         return resolve_budget(self.budget, prompt_length)  # type: ignore[arg-type]
 
+    def on_resolve(self, state: LayerState) -> None:
+        assert state.row_budget is not None
+        recent = [self.split(int(b))[1] for b in state.row_budget.tolist()]
+        state.meta[_RECENT] = torch.tensor(recent, dtype=torch.int64, device=state.pbuf.device).view(-1, 1, 1)
+
     def on_append(self, state: LayerState, n_new: int) -> None:
-        b, h = state.keys.shape[:2]
-        zeros = torch.zeros(b, h, n_new, dtype=torch.float64, device=state.keys.device)
-        old = state.extra.get(SCORE)
-        state.extra[SCORE] = zeros if old is None else torch.cat([old, zeros], dim=-1)
+        buf = state.extra.get(SCORE)
+        if buf is None:
+            b, h, c = state.pbuf.shape
+            dtype = torch.float64 if state.kbuf.dtype == torch.float64 else torch.float32
+            state.extra[SCORE] = torch.zeros(b, h, c, dtype=dtype, device=state.pbuf.device)
+        else:
+            buf.scatter_(2, state.new_slots(), 0.0)
 
     def on_observe(
         self, layer_idx: int, state: LayerState, query: torch.Tensor, scaling: float, mask: torch.Tensor | None
     ) -> None:
-        tq = query.shape[2]
-        qpos = torch.arange(state.seen - tq, state.seen, device=query.device)
-        work = torch.float64 if query.dtype == torch.float64 else torch.float32
-        group_sum: torch.Tensor | None = None
-        for _start, probs in query_probabilities(
-            query, state.keys, state.positions, qpos, scaling, mask=mask, chunk=self.chunk, dtype=work
-        ):
+        self._scan(state, query, scaling, want_output=False)
+
+    def on_attend(self, layer_idx: int, state: LayerState, query: torch.Tensor, scaling: float) -> torch.Tensor | None:
+        # the probabilities are computed anyway: the output costs one more matmul, and the
+        # attention kernel is skipped (prefill would otherwise pay attention twice)
+        return self._scan(state, query, scaling, want_output=True)
+
+    def _scan(self, state: LayerState, query: torch.Tensor, scaling: float, want_output: bool) -> torch.Tensor | None:
+        """Add this step's attention to the scores; the attention output if ``want_output``.
+
+        Uses the storage layout: one new token may sit in any slot (it sees every stored key);
+        several new tokens are the last slots, in order, so a chunk of queries needs the keys up
+        to its last query only and a causal triangle on its own columns."""
+        b, hq, tq, d = query.shape
+        hkv = state.kbuf.shape[1]
+        g = hq // hkv
+        score = state.extra_view(SCORE)
+        work = score.dtype
+        keys, values = state.keys.to(work), state.values.to(work)
+        holes = state.has_holes
+        if tq == 1:
+            # a decode step: one query per head sees every stored key (no causal mask)
+            q1 = query.to(work).reshape(b, hkv, g, d)
+            logits = torch.matmul(q1, keys.transpose(-1, -2)) * scaling  # (B, Hkv, G, hi)
+            if holes:
+                logits = logits.masked_fill(~state.valid.unsqueeze(2), float("-inf"))
+                probs1 = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+            else:
+                probs1 = torch.softmax(logits, dim=-1)
+            score.add_(probs1.mean(dim=2) if self.aggregation == "mean" else probs1.amax(dim=2))
+            if not want_output:
+                return None
+            return torch.matmul(probs1, values).reshape(b, hq, 1, -1).to(query.dtype)
+        valid = state.valid.view(b, hkv, 1, 1, -1) if holes else None
+        hi = state.hi
+        colsum = torch.zeros(b, hkv, g, hi, dtype=work, device=query.device)
+        outs: list[torch.Tensor] = []
+        for start in range(0, tq, self.chunk):
+            stop = min(tq, start + self.chunk)
+            n = stop - start
+            kend = hi - tq + stop  # keys this chunk's queries may see
+            q = query[:, :, start:stop].to(work).reshape(b, hkv, g, n, d)
+            logits = torch.einsum("bhgqd,bhkd->bhgqk", q, keys[:, :, :kend]) * scaling
+            if n > 1:
+                tri = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
+                logits[..., kend - n :] = logits[..., kend - n :].masked_fill(~tri, float("-inf"))
+            if valid is not None:
+                logits = logits.masked_fill(~valid[..., :kend], float("-inf"))
+                probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # padding queries see nothing
+            else:
+                probs = torch.softmax(logits, dim=-1)
             # (B, Hkv, G, Tk): attention each key got from this chunk's queries, per query head
-            part = probs.sum(dim=3)
-            group_sum = part if group_sum is None else group_sum + part
-        assert group_sum is not None
+            colsum[..., :kend] += probs.sum(dim=3)
+            if want_output:
+                outs.append(torch.einsum("bhgqk,bhkd->bhgqd", probs, values[:, :, :kend]))
         # the group is aggregated after summing over the step's queries, so "max" is the
         # largest per-query-head total of this step
-        step = group_sum.mean(dim=2) if self.aggregation == "mean" else group_sum.amax(dim=2)
-        state.extra[SCORE] = state.extra[SCORE] + step.to(torch.float64)
+        step = colsum.mean(dim=2) if self.aggregation == "mean" else colsum.amax(dim=2)
+        score.add_(step)
+        if not want_output:
+            return None
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
+        return out.reshape(b, hq, tq, -1).to(query.dtype)
 
     def scores(self, state: LayerState) -> torch.Tensor:
-        return state.extra[SCORE]
+        return state.extra_view(SCORE)
 
     def forced(self, state: LayerState) -> torch.Tensor | None:
-        assert state.budget is not None
-        _, recent = self.split(state.budget)
-        # the `recent` newest real tokens: positions above the row's (recent+1)-th largest
-        newest = state.seen - recent
-        return state.positions >= max(newest, 0)
+        # the `recent` newest tokens of each row
+        newest = (state.seen - state.meta[_RECENT]).clamp(min=0)
+        return state.positions >= newest
 
     def always_kept(self, length: int, budget: int | None) -> list[int]:
         if budget is None:

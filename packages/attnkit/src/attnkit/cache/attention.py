@@ -3,11 +3,15 @@
 applies the per-head key-padding mask of ragged policies.
 
 The order it follows is the contract for any attention function used with an AttnkitCache
-(the HF adapter reuses :func:`cache_key_mask` for it):
+(the HF adapter reuses :func:`cache_attention_mask` for it):
 
 1. the model has already called ``cache.update`` (it returned kept + new keys/values);
-2. ``if cache.needs_queries: cache.observe(layer_idx, query, scaling, mask)``;
-3. "may attend" = the model's 4-D mask AND ``cache.key_padding_mask(layer_idx)``;
+2. ``cache.observe(layer_idx, query, scaling, mask)`` for every policy: the policy learns from
+   the mask which new tokens are padding, scores with the queries if it needs them, and evicts
+   (its storage shrinks; the keys returned in 1. stay valid for this step);
+3. "may attend" = :func:`cache_attention_mask`: the kept keys are all in the past, so only the
+   cache's validity masks them; the new tokens (the last ``Tq`` keys) take the model's mask's
+   last ``Tq`` columns (causal among themselves, their padding);
 4. dense softmax attention over the ``Hkv`` heads, each shared by its query group.
 """
 
@@ -17,7 +21,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["REFERENCE_NAME", "cache_key_mask", "reference_cache_attention", "register_reference_attention"]
+__all__ = [
+    "REFERENCE_NAME",
+    "cache_attention_mask",
+    "cache_key_mask",
+    "reference_cache_attention",
+    "register_reference_attention",
+]
 
 #: The name :func:`register_reference_attention` registers under.
 REFERENCE_NAME = "attnkit_cache_reference"
@@ -36,41 +46,99 @@ def _cache_for(module: torch.nn.Module, key: torch.Tensor, kwargs: dict[str, Any
     return None
 
 
+def _as_bool(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+
+
+def cache_attention_mask(
+    cache: Any,
+    layer_idx: int,
+    q_len: int,
+    key_len: int,
+    attention_mask: torch.Tensor | None,
+    *,
+    q_heads: int | None = None,
+    materialize: bool = False,
+) -> torch.Tensor | None:
+    """The "may attend" mask over the keys ``cache.update`` returned for this step, as bool
+    ``(B|1, 1|Hq, Tq, Tk)``, or ``None`` when every key is real and plain bottom-right causal
+    alignment (or, for one query, nothing) is all that is needed.
+
+    Kept keys (all before every new query) are masked only by
+    :meth:`~attnkit.cache.AttnkitCache.key_padding_mask`; the new tokens, the last ``Tq`` keys,
+    take the last ``Tq`` columns of the model's ``attention_mask`` (the only columns that are
+    right whatever was evicted, and the same on every layer). With one query the model's mask
+    is not read at all (its padding was absorbed by ``observe``; the new key may sit in any
+    slot).
+
+    :param cache: an :class:`~attnkit.cache.AttnkitCache` (``observe`` already called).
+    :param q_len: ``Tq``.
+    :param key_len: ``Tk``, the keys returned by ``update``.
+    :param attention_mask: the model's 4-D mask (bool or additive float) or ``None``.
+    :param q_heads: ``Hq``; the key-padding mask (per KV head) is repeated to it.
+    :param materialize: never return ``None`` (for attention that would otherwise apply a
+        top-left aligned causal mask of its own).
+    """
+    valid = cache.key_padding_mask(layer_idx)  # (B, Hkv, Tk) or None
+    allowed: torch.Tensor | None = None
+    if q_len > 1 and (attention_mask is not None or materialize):
+        if attention_mask is not None:
+            new = _as_bool(attention_mask[..., -q_len:])
+        else:
+            new = torch.ones(q_len, q_len, dtype=torch.bool, device=_cache_device(cache, layer_idx)).tril()
+            new = new.view(1, 1, q_len, q_len)
+        if key_len > q_len:
+            old = torch.ones(*new.shape[:-1], key_len - q_len, dtype=torch.bool, device=new.device)
+            new = torch.cat([old, new], dim=-1)
+        allowed = new
+    if valid is not None:
+        hkv = valid.shape[1]
+        g = 1 if q_heads is None else q_heads // hkv
+        km = valid.repeat_interleave(g, dim=1)[:, :, None, :] if g > 1 else valid[:, :, None, :]
+        allowed = km if allowed is None else allowed & km
+    if allowed is None and materialize:
+        allowed = torch.ones(1, 1, q_len, key_len, dtype=torch.bool, device=_cache_device(cache, layer_idx))
+    return allowed
+
+
+def _cache_device(cache: Any, layer_idx: int) -> torch.device:
+    return cache.key_positions(layer_idx).device
+
+
 def cache_key_mask(
     cache: Any, layer_idx: int, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> torch.Tensor | None:
     """The "may attend" mask as bool ``(B, Hkv, G, Tq, Tk)`` (G = query heads per KV head), or
-    ``None`` when every key is allowed: the model's 4-D mask (bool, or additive float;
-    ``None`` means causal aligned to the last key) AND the cache's key-padding mask
-    (``cache`` may be ``None``).
+    ``None`` when every key is allowed.
+
+    With a ``cache`` (may be ``None``): :func:`cache_attention_mask` made causal (bottom-right).
+    Without one: the model's 4-D mask (bool, or additive float; ``None`` means causal aligned
+    to the last key).
 
     :param query: ``(B, Hq, Tq, D)``.
     :param key: ``(B, Hkv, Tk, D)``.
     """
     b, hq, tq, _ = query.shape
     hkv, tk = key.shape[1], key.shape[2]
-    allowed: torch.Tensor | None = None
-    if attention_mask is not None:
+    allowed: torch.Tensor | None
+    if cache is not None:
+        allowed = cache_attention_mask(cache, layer_idx, tq, tk, attention_mask, q_heads=hq, materialize=tq > 1)
+    elif attention_mask is not None:
         if attention_mask.dim() != 4:
             raise ValueError(
                 f"attention_mask must be a 4-D mask (B, 1|Hq, Tq, Tk), got shape {tuple(attention_mask.shape)}; register a mask "
                 "function in transformers' AttentionMaskInterface under the same name (register_reference_attention does)"
             )
-        m = attention_mask[..., -tk:]
-        allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+        allowed = _as_bool(attention_mask[..., -tk:])
     elif tq > 1:
         # no mask: causal with the queries aligned to the last keys (the usual cached layout)
         qi = torch.arange(tq, device=query.device).view(-1, 1) + (tk - tq)
         allowed = (torch.arange(tk, device=query.device).view(1, -1) <= qi).view(1, 1, tq, tk)
-    valid = cache.key_padding_mask(layer_idx) if cache is not None else None
-    if allowed is None and valid is None:
-        return None
+    else:
+        allowed = None
     if allowed is None:
-        allowed = torch.ones(1, 1, tq, tk, dtype=torch.bool, device=query.device)
-    grouped = allowed.expand(b, hq, tq, tk).reshape(b, hkv, hq // hkv, tq, tk)
-    if valid is not None:
-        grouped = grouped & valid.view(b, hkv, 1, 1, tk)
-    return grouped
+        return None
+    return allowed.expand(b, hq, tq, tk).reshape(b, hkv, hq // hkv, tq, tk)
 
 
 def reference_cache_attention(
@@ -104,8 +172,15 @@ def reference_cache_attention(
     scale = d**-0.5 if scaling is None else float(scaling)
     found = _cache_for(module, key, kwargs)
     cache, layer_idx = found if found is not None else (None, -1)
-    if cache is not None and cache.needs_queries:
-        cache.observe(layer_idx, query, scale, attention_mask)
+    if attention_mask is not None and attention_mask.dim() != 4:
+        raise ValueError(
+            f"attention_mask must be a 4-D mask (B, 1|Hq, Tq, Tk), got shape {tuple(attention_mask.shape)}; register a mask "
+            "function in transformers' AttentionMaskInterface under the same name (register_reference_attention does)"
+        )
+    if cache is not None:
+        fused = cache.observe(layer_idx, query, scale, attention_mask, attend=True)
+        if fused is not None:  # the policy computed this very attention while scoring
+            return fused.transpose(1, 2).contiguous(), None
     g = hq // hkv
     work = torch.float64 if query.dtype == torch.float64 else torch.float32
     q = query.to(work).reshape(b, hkv, g, tq, d)

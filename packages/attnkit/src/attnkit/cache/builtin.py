@@ -35,7 +35,8 @@ class WindowPolicy(CachePolicy):
 
 class SinkWindowPolicy(CachePolicy):
     """StreamingLLM without the position shift: the first ``n_sink`` tokens plus the most
-    recent ``budget - n_sink``.
+    recent ``budget - n_sink``. Sinks are counted from each row's first real token (a
+    left-padded row's sinks are its own first tokens, not padding).
 
     :param budget: int >= 1 or a ratio of the prompt length; it must exceed ``n_sink`` once
         resolved.
@@ -58,7 +59,18 @@ class SinkWindowPolicy(CachePolicy):
         return budget
 
     def forced(self, state: LayerState) -> torch.Tensor | None:
-        return (state.positions >= 0) & (state.positions < self.n_sink)
+        pos = state.positions
+        if state.start is None:
+            return (pos >= 0) & (pos < self.n_sink)
+        start = state.start.view(-1, 1, 1)
+        return (pos >= start) & (pos < start + self.n_sink)
+
+    def steady_victims(self, state: LayerState) -> torch.Tensor | None:
+        # every row holds only real keys and its sinks are its n_sink oldest: the victim is
+        # the (n_sink + 1)-th oldest (one small topk, no mask)
+        if self.n_sink == 0 or state.hi <= self.n_sink:
+            return None
+        return state.positions.topk(self.n_sink + 1, dim=-1, largest=False).indices[..., -1]
 
     def always_kept(self, length: int, budget: int | None) -> list[int]:
         budget = length if budget is None else budget

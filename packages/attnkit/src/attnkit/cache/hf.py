@@ -12,13 +12,19 @@ How it keeps positions and masks right after eviction (transformers 5.24):
   ``input_ids`` and ``position_ids`` by it and ``LlamaModel`` builds ``position_ids`` from it,
   so RoPE positions of new tokens stay true.
 * ``get_mask_sizes(q_len, layer)`` returns ``(kept + q_len, seen - kept)``: the causal mask
-  builder gives kept keys the indices ``seen-kept .. seen-1`` (all before every new query, so
-  all visible) and new keys their true positions (so several new tokens at once stay causal
-  among themselves). A 2-D padding mask is read at those shifted indices, so left padding is
-  exact only while nothing has been evicted; use equal-length prompts with eviction.
-* Keys that are padding slots of a ragged policy are not in the mask: the attention function
-  must AND :meth:`AttnkitCache.key_padding_mask` in, and call :meth:`AttnkitCache.observe` when
-  :attr:`AttnkitCache.needs_queries` (see :func:`attnkit.cache.attention.reference_cache_attention`).
+  builder gives the new keys their true positions, so the mask's last ``q_len`` columns are
+  exact (causal among several new tokens, and their padding). Its first columns stand for the
+  kept keys at made-up indices, and transformers builds one mask for all layers from layer 0's
+  sizes while ragged layers hold more slots: cache-aware attention therefore reads only the
+  last ``q_len`` columns and masks the kept keys with :meth:`AttnkitCache.key_padding_mask`
+  (:func:`attnkit.cache.attention.cache_attention_mask`). Before the kept columns are dropped,
+  :meth:`AttnkitCache.observe` learns from the new columns which tokens are padding, so a
+  left-padded batch keeps what each sequence would keep alone.
+* Slots are reused in place, so the returned keys are not in token order; several new tokens
+  are always the last ``q_len`` slots, in order (bottom-right causal alignment holds).
+* The attention function must call :meth:`AttnkitCache.observe` after ``update`` (every policy
+  evicts there) and AND the cache's mask in (see
+  :func:`attnkit.cache.attention.reference_cache_attention`).
 """
 
 from __future__ import annotations
@@ -116,25 +122,18 @@ class _PolicyLayer(CacheLayerMixin):
         self.policy.layers.pop(self.layer_idx, None)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        state = self.policy.layers.get(self.layer_idx)
-        if state is None:
-            return
-        index = beam_idx.to(state.keys.device)
-        state.keys = state.keys.index_select(0, index)
-        state.values = state.values.index_select(0, index)
-        state.positions = state.positions.index_select(0, index)
-        state.extra = {k: v.index_select(0, index) for k, v in state.extra.items()}
+        self.policy.reorder_layer(self.layer_idx, beam_idx)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         state = self.policy.layers.get(self.layer_idx)
         if state is not None:
-            index = torch.arange(state.keys.shape[0], device=state.keys.device).repeat_interleave(repeats)
+            index = torch.arange(state.kbuf.shape[0], device=state.kbuf.device).repeat_interleave(repeats)
             self.reorder_cache(index)  # type: ignore[arg-type]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         state = self.policy.layers.get(self.layer_idx)
         if state is not None:
-            self.reorder_cache(torch.as_tensor(indices, device=state.keys.device).view(-1))  # type: ignore[arg-type]
+            self.reorder_cache(torch.as_tensor(indices, device=state.kbuf.device).view(-1))  # type: ignore[arg-type]
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove != 0:
@@ -148,17 +147,27 @@ class AttnkitCache(Cache):
 
     :param policy: the policy (its per-layer state is this cache's storage).
     :param config: the model config; gives the number of layers up front (otherwise layers
-        are added as ``update`` first sees them).
+        are added as ``update`` first sees them) and tells the policy the model's geometry
+        (:meth:`CachePolicy.bind_model`).
     :param num_layers: the number of layers, instead of ``config``.
     """
 
     def __init__(self, policy: CachePolicy, config: Any = None, *, num_layers: int | None = None) -> None:
         if not isinstance(policy, CachePolicy):
             raise TypeError(f"policy must be an attnkit.cache.CachePolicy, got {type(policy).__name__}")
-        if num_layers is None and config is not None:
-            num_layers = int(config.get_text_config(decoder=True).num_hidden_layers)
+        heads: dict[str, int] = {}
+        if config is not None:
+            text = config.get_text_config(decoder=True)
+            if num_layers is None:
+                num_layers = int(text.num_hidden_layers)
+            for name in ("num_attention_heads", "num_key_value_heads"):
+                if getattr(text, name, None) is not None:
+                    heads[name] = int(getattr(text, name))
         if num_layers is not None and num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        policy.bind_model(num_layers=num_layers, **heads)
+        # the attention function's observe() brings the padding: evict only then
+        policy.defer_eviction = True
         self.policy = policy
         super().__init__(layers=[_PolicyLayer(policy, i) for i in range(num_layers or 0)])
 
@@ -194,14 +203,25 @@ class AttnkitCache(Cache):
     def needs_queries(self) -> bool:
         return self.policy.needs_queries
 
-    def observe(self, layer_idx: int, query: torch.Tensor, scaling: float, mask: torch.Tensor | None = None) -> None:
-        """Give the policy this layer's ``(B, Hq, Tq, D)`` queries (call after ``update``,
-        before attention, when :attr:`needs_queries`)."""
-        self.policy.observe(layer_idx, query, scaling, mask)
+    def observe(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        scaling: float,
+        mask: torch.Tensor | None = None,
+        *,
+        attend: bool = False,
+    ) -> torch.Tensor | None:
+        """Give the policy this layer's ``(B, Hq, Tq, D)`` queries and the model's mask (call
+        after ``update``, before attention, for every policy: padding is read from the mask's
+        last ``Tq`` columns and eviction happens here). With ``attend=True`` (the caller runs
+        dense attention next) a scoring policy may return the ``(B, Hq, Tq, Dv)`` attention
+        output it computed anyway (:meth:`CachePolicy.observe`)."""
+        return self.policy.observe(layer_idx, query, scaling, mask, attend=attend)
 
     def key_padding_mask(self, layer_idx: int) -> torch.Tensor | None:
-        """``(B, Hkv, Tk)`` bool over the keys the last ``update`` returned, True = real key;
-        ``None`` when all are real."""
+        """``(B, Hkv, Tk)`` bool over the keys the last ``update`` returned, True = real key
+        (padding and empty slots are False); ``None`` when all are real."""
         return self.policy.key_padding_mask(layer_idx)
 
     def key_positions(self, layer_idx: int) -> torch.Tensor:

@@ -6,29 +6,49 @@ summed over the batch, the H2O trap). A transformers model reaches it through
 :class:`attnkit.cache.AttnkitCache`; tests and other runtimes may drive it directly:
 
 1. :meth:`CachePolicy.append` (``prefill`` on a layer's first call: the whole prompt; then
-   ``decode``: usually one token) stores the new keys and values and returns what attention
-   must use: every kept key plus the new ones, ``(B, Hkv, Tk, D)``, not expanded to query
-   heads;
-2. when :attr:`CachePolicy.needs_queries` is true, :meth:`CachePolicy.observe` gets that
-   layer's queries (the policy recomputes the attention probabilities it scores with);
-3. the policy then evicts down to its budget, so between forward calls no layer holds more
-   than ``budget`` tokens per sequence and KV head.
+   usually one token per call) stores the new keys and values and returns what attention must
+   use: every kept key plus the new ones, ``(B, Hkv, Tk, D)``, not expanded to query heads;
+2. :meth:`CachePolicy.observe` gets that layer's queries and the model's attention mask: the
+   mask tells which new tokens are padding (a left-padded batch), query-observing policies
+   (:attr:`CachePolicy.needs_queries`) score with the queries, and the policy then evicts
+   down to its budget. Every cache-aware attention function calls it (the reference attention
+   and the HF adapter do). Inside an :class:`~attnkit.cache.AttnkitCache`
+   (:attr:`CachePolicy.defer_eviction` set) every policy evicts there; a policy driven
+   directly without it evicts in :meth:`append` unless it needs queries. A step nobody
+   observed is evicted by the next :meth:`append`, before the new tokens are stored.
+
+So between forward calls no layer holds more than its budget per sequence and KV head.
+
+Storage (issue 9): each layer preallocates its slots, ``budget + 1`` once the prompt has been
+cut down (the kept tokens plus room for the next one), and a new token is written into the
+slot the last eviction freed: no per-step concatenation, sort or compaction. The slot order is
+therefore *not* the token order. Attention does not care (softmax over keys is order-free once
+the mask is right): :meth:`CachePolicy.key_positions` gives the token position of every slot
+returned, :meth:`CachePolicy.key_padding_mask` marks the slots holding a real key, and several
+new tokens at once (a chunk, an appended question) are always the last slots, in order, so
+causality among them is the usual bottom-right alignment. :meth:`CachePolicy.kept_positions`
+returns each row's positions sorted, the documented view of what is kept.
 
 Positions: kept keys keep their original post-RoPE rotation; nothing is re-rotated, so a key's
-position is the index of its token in the sequence (:meth:`CachePolicy.key_positions`) and
-new tokens get their true positions (``AttnkitCache.get_seq_length`` counts every token seen,
-not the tokens kept). StreamingLLM's "position shift" is therefore not reproduced.
+position is the index (column) of its token in the sequence and new tokens get their true
+positions (``AttnkitCache.get_seq_length`` counts every token seen, not the tokens kept).
+StreamingLLM's "position shift" is therefore not reproduced.
 
-Kept sets may differ per sequence and per KV head, in content and in size: storage is padded to
-the largest per-head count and :meth:`CachePolicy.key_padding_mask` marks the real keys.
-Within every ``(sequence, head)`` row the kept keys stay in position order (sorted).
+Padding: a padding token (seen as a column no query of its step may attend to) is stored as an
+empty slot: it is never attended to, never counts against a budget, and a ratio budget, sinks
+or a recent window are counted from each row's first real token, so a left-padded row keeps
+what it would keep alone.
+
+Kept sets may differ per sequence and per KV head, in content and in size (rows of a ratio
+budget over prompts of different lengths, ragged per-head budgets): such rows leave empty
+slots, which :meth:`CachePolicy.key_padding_mask` marks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -36,39 +56,113 @@ from attnkit.cache.params import check_aggregation, check_budget, resolve_budget
 
 __all__ = ["CachePolicy", "LayerState", "compact", "query_probabilities"]
 
+_INT_MAX = torch.iinfo(torch.int64).max
+#: Spare slots a growing layer gets at once when nothing bounds it (the full cache): one copy
+#: per this many decode steps instead of one per step.
+GROW_STEP = 64
+
 
 @dataclass
 class LayerState:
     """The storage of one layer.
 
-    :param keys: ``(B, Hkv, T, D)`` kept keys then any keys appended since the last eviction.
-    :param values: ``(B, Hkv, T, Dv)``.
-    :param positions: ``(B, Hkv, T)`` int64, the token index of each slot; ``-1`` marks an
-        empty slot (padding of a row that keeps fewer keys than the longest row).
-    :param seen: tokens seen so far by this layer (prompt plus decoded), per sequence.
-    :param budget: resolved absolute budget, ``None`` for no eviction.
-    :param extra: policy-owned per-slot tensors shaped ``(B, Hkv, T, ...)``, gathered with the
-        keys on eviction (H2O's accumulated scores live here).
+    The buffers have a capacity ``C >= hi``; slots ``[0, hi)`` are what :meth:`CachePolicy.append`
+    returns, slots ``[hi, C)`` are spare room that holds nothing.
+
+    :param kbuf: ``(B, Hkv, C, D)`` key slots.
+    :param vbuf: ``(B, Hkv, C, Dv)``.
+    :param pbuf: ``(B, Hkv, C)`` int64, the token position (column) each slot holds; ``-1``
+        marks an empty slot (evicted, padding, or not yet written).
+    :param hi: slots in use (``[0, hi)``).
+    :param seen: tokens (columns) seen so far by this layer, padding included.
+    :param budget: resolved absolute budget (the largest of the rows), ``None`` for no eviction.
+    :param row_budget: ``(B,)`` int64 resolved budget of each sequence (a ratio budget resolves
+        against each row's real prompt length), ``None`` before resolution or without a budget.
+    :param start: ``(B,)`` int64 column of each row's first real token (0 without left padding).
+    :param prompt_tokens: ``(B,)`` int64 real (non-padding) tokens of each row's prompt.
+    :param extra: policy-owned per-slot buffers shaped ``(B, Hkv, C, ...)``: the base class
+        grows, gathers and reorders them with the keys; the policy writes the new slots in
+        :meth:`CachePolicy.on_append` (H2O's accumulated scores live here).
     :param pending: whether keys were appended since the last eviction.
+    :param resolved: whether budgets are resolved (after the prefill's mask was seen).
+    :param owned: whether the buffers belong to the policy (the prefill's are the caller's
+        tensors, which are never written in place).
+    :param ordered: whether the real slots of every row are in position order.
+    :param has_holes: whether some slot in ``[0, hi)`` may be empty (false means none is).
     """
 
-    keys: torch.Tensor
-    values: torch.Tensor
-    positions: torch.Tensor
+    kbuf: torch.Tensor
+    vbuf: torch.Tensor
+    pbuf: torch.Tensor
+    hi: int
     seen: int
-    budget: int | None
+    budget: int | None = None
+    row_budget: torch.Tensor | None = None
+    start: torch.Tensor | None = None
+    prompt_tokens: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: bool = False
+    resolved: bool = False
+    owned: bool = False
+    ordered: bool = True
+    has_holes: bool = False
+    #: ``(B, Hkv, Tn)`` slots the last append wrote, or ``None``: the last ``n_new`` slots.
+    new_index: torch.Tensor | None = None
+    n_new: int = 0
+    #: ``(B, Hkv)`` the slot each row freed in the last eviction when every row freed exactly
+    #: one and had no other empty slot: where the next single token goes (the ring buffer).
+    free_slots: torch.Tensor | None = None
+    #: the last write filled ``free_slots``: every row holds its budget plus one (the steady
+    #: state of the ring; the next eviction needs no counting).
+    ring_full: bool = False
+    #: whether slots other than ``free_slots`` were empty when they were freed (rows of
+    #: different budgets): what ``has_holes`` is once the ring write filled ``free_slots``.
+    other_holes: bool = False
+    #: the largest head budget at the last eviction (``None`` before): capacity is sized to it.
+    limit: int | None = None
+    #: per-layer quantities a policy derives once (in :meth:`CachePolicy.on_resolve`).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """``(B, Hkv, hi, D)`` the slots in use (a view of the buffer)."""
+        return self.kbuf[:, :, : self.hi]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.vbuf[:, :, : self.hi]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """``(B, Hkv, hi)`` int64 position of each slot in use, ``-1`` for an empty slot."""
+        return self.pbuf[:, :, : self.hi]
 
     @property
     def valid(self) -> torch.Tensor:
-        """``(B, Hkv, T)`` bool, True for a real key."""
+        """``(B, Hkv, hi)`` bool, True for a real key."""
         return self.positions >= 0
 
     @property
     def length(self) -> int:
-        """Slots held (padding included)."""
-        return int(self.keys.shape[-2])
+        """Slots in use (empty ones included)."""
+        return self.hi
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated."""
+        return int(self.kbuf.shape[2])
+
+    def extra_view(self, name: str) -> torch.Tensor:
+        """``state.extra[name]`` over the slots in use, ``(B, Hkv, hi, ...)``."""
+        return self.extra[name][:, :, : self.hi]
+
+    def new_slots(self) -> torch.Tensor:
+        """``(B, Hkv, Tn)`` int64 slot indices of the tokens the last append wrote."""
+        if self.new_index is not None:
+            return self.new_index
+        b, h = self.pbuf.shape[:2]
+        idx = torch.arange(self.hi - self.n_new, self.hi, device=self.pbuf.device)
+        return idx.expand(b, h, self.n_new)
 
 
 class CachePolicy:
@@ -76,19 +170,24 @@ class CachePolicy:
 
     Subclasses choose *what* to keep through :meth:`scores` (higher is kept first),
     :meth:`forced` (always kept) and :meth:`head_budgets`; the base class does the storage,
-    the budget bookkeeping and the sorted, per-sequence, per-head compaction.
+    the budget bookkeeping and the per-sequence, per-head eviction: one victim per row and
+    step found with one reduction (``argmin``) and overwritten in place by the next token; a
+    sort only when many tokens go at once (the prompt, a chunk of several tokens).
 
     :param budget: tokens kept per sequence, layer and KV head: an int >= 1, a ratio in
-        (0, 1] of the prompt length (resolved when the prompt arrives), or ``None`` for none
-        evicted.
+        (0, 1] of the prompt length (resolved when the prompt arrives, against each row's real
+        tokens), or ``None`` for none evicted.
     :param aggregation: ``"mean"`` or ``"max"``: how scores of the query heads of one GQA group
         become the score of their KV head (used by query-observing policies).
     """
 
-    #: Whether :meth:`observe` must be called with each layer's queries after :meth:`append`.
+    #: Whether :meth:`observe` needs each layer's queries (the policy scores with them).
     needs_queries: ClassVar[bool] = False
     #: Short name for reports.
     name: ClassVar[str] = "policy"
+    #: Whether :meth:`head_budgets` stays the same once a layer's budgets are resolved (the
+    #: steady-state eviction then skips counting); ``None``: true unless it is overridden.
+    fixed_budgets: ClassVar[bool | None] = None
 
     def __init__(self, budget: int | float | None, *, aggregation: str = "mean") -> None:
         if budget is not None:
@@ -96,32 +195,48 @@ class CachePolicy:
         check_aggregation(aggregation)
         self.budget = budget
         self.aggregation = aggregation
+        #: Evict in :meth:`observe` rather than in :meth:`append` (set by
+        #: :class:`~attnkit.cache.AttnkitCache`: the mask ``observe`` gets says which tokens are
+        #: padding, which must be known before the prompt is cut down). Query-observing policies
+        #: always evict in ``observe``.
+        self.defer_eviction = False
         self.layers: dict[int, LayerState] = {}
+        #: The model's geometry when known (:meth:`bind_model`): ``num_layers``,
+        #: ``num_attention_heads``, ``num_key_value_heads``.
+        self.model: dict[str, int] = {}
         # positions of the keys the last append() returned per layer (pre-eviction view)
         self._view_positions: dict[int, torch.Tensor] = {}
+        self._view_valid: dict[int, torch.Tensor | None] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(budget={self.budget!r}, aggregation={self.aggregation!r})"
 
     # ------------------------------------------------------------------ hooks for subclasses
     def resolve_budget(self, prompt_length: int) -> int | None:
-        """The absolute budget for a prompt of ``prompt_length`` tokens (``None``: unbounded)."""
+        """The absolute budget for a prompt of ``prompt_length`` real tokens (``None``: unbounded)."""
         return None if self.budget is None else resolve_budget(self.budget, prompt_length)
 
-    def head_budgets(self, state: LayerState) -> torch.Tensor:
-        """``(Hkv,)`` int64 tokens each KV head may keep; default: the budget for every head.
+    def on_resolve(self, state: LayerState) -> None:
+        """Called once per layer when its budgets are resolved (``state.row_budget``,
+        ``state.start``, ``state.prompt_tokens`` set): precompute per-row quantities here."""
+
+    def head_budgets(self, state: LayerState) -> torch.Tensor | None:
+        """Tokens each sequence and KV head may keep, broadcastable to ``(B, Hkv)`` int64, or
+        ``None`` for no eviction; default: each row's resolved budget for every head.
 
         Policies keeping different amounts per head (full history for retrieval heads, a short
-        window for the others) override this; storage then pads the shorter rows."""
-        assert state.budget is not None
-        return torch.full((state.keys.shape[1],), state.budget, dtype=torch.int64, device=state.keys.device)
+        window for the others) override this; their shorter rows leave empty slots."""
+        if state.row_budget is None:
+            return None
+        return state.row_budget.view(-1, 1)
 
     def scores(self, state: LayerState) -> torch.Tensor:
-        """``(B, Hkv, T)`` keep-priority of each slot, higher kept first; default: recency."""
-        return state.positions.to(torch.float64)
+        """``(B, Hkv, hi)`` keep-priority of each slot in use, higher kept first, ties to the
+        earlier token; default: recency (the positions themselves)."""
+        return state.positions
 
     def forced(self, state: LayerState) -> torch.Tensor | None:
-        """``(B, Hkv, T)`` bool of slots that must be kept whatever their score, or ``None``."""
+        """``(B, Hkv, hi)`` bool of slots that must be kept whatever their score, or ``None``."""
         return None
 
     def always_kept(self, length: int, budget: int | None) -> list[int]:
@@ -129,117 +244,217 @@ class CachePolicy:
         resolved budget ``budget`` (the contract suite checks they survive)."""
         return []
 
+    def steady_victims(self, state: LayerState) -> torch.Tensor | None:
+        """``(B, Hkv)`` the slot each row evicts in the ring's steady state (every row holds its
+        budget plus the new token, no slot is empty), or ``None`` for the generic choice (the
+        lowest :meth:`scores` outside :meth:`forced`). A shortcut for policies whose choice is
+        cheaper to state directly (sinks + window: the oldest token after the sinks)."""
+        return None
+
     def on_append(self, state: LayerState, n_new: int) -> None:
-        """Extend policy-owned ``state.extra`` tensors for ``n_new`` appended slots."""
+        """Initialise policy-owned ``state.extra`` buffers at the ``n_new`` slots just written
+        (:meth:`LayerState.new_slots`); on the prefill, create them (capacity
+        ``state.capacity``)."""
 
     def on_observe(
         self, layer_idx: int, state: LayerState, query: torch.Tensor, scaling: float, mask: torch.Tensor | None
     ) -> None:
-        """Update scores from ``query`` ``(B, Hq, Tq, D)``; called by :meth:`observe`."""
+        """Update scores from ``query`` ``(B, Hq, Tq, D)``; called by :meth:`observe` before
+        eviction. ``mask`` is ``None``: the slots' positions say everything (``-1`` = empty or
+        padding; a query at position ``p`` sees keys at positions ``<= p``)."""
+
+    def on_attend(self, layer_idx: int, state: LayerState, query: torch.Tensor, scaling: float) -> torch.Tensor | None:
+        """:meth:`on_observe`, and also the dense attention output ``(B, Hq, Tq, Dv)`` over the
+        slots in use (causal by position, empty slots masked) when the policy computed the
+        probabilities anyway; default: :meth:`on_observe`, then ``None``."""
+        self.on_observe(layer_idx, state, query, scaling, None)
+        return None
+
+    def bind_model(
+        self,
+        *,
+        num_layers: int | None = None,
+        num_attention_heads: int | None = None,
+        num_key_value_heads: int | None = None,
+    ) -> None:
+        """Tell the policy the model it serves (:class:`~attnkit.cache.AttnkitCache` calls this
+        with the model config); policies that size per layer (the retrieval-head cache) use it.
+
+        .. versionadded:: 0.2
+        """
+        geometry = {
+            "num_layers": num_layers,
+            "num_attention_heads": num_attention_heads,
+            "num_key_value_heads": num_key_value_heads,
+        }
+        self.model.update({k: int(v) for k, v in geometry.items() if v is not None})
 
     # ------------------------------------------------------------------ public API
     def reset(self) -> None:
         """Forget every layer's keys, values and scores; the next append is a new prefill."""
         self.layers.clear()
         self._view_positions.clear()
+        self._view_valid.clear()
 
     def append(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``key``/``value`` ``(B, Hkv, Tn, D)`` of the ``Tn`` newest tokens of every
         sequence and return the keys and values attention must use, ``(B, Hkv, Tk, D)``.
 
-        The first call for a layer is the prefill (the budget ratio resolves against ``Tn``).
-        Without :attr:`needs_queries` eviction happens before returning (on the storage, not
-        on the returned tensors, which this step still attends to)."""
+        The first call for a layer is the prefill (a ratio budget resolves against it). A policy
+        that needs neither queries nor the mask (:attr:`defer_eviction` unset) evicts here, on
+        the storage (the returned keys stay valid for this step); otherwise :meth:`observe`
+        does, and a step nobody observed is evicted here before the new tokens are stored."""
         _check_kv(key, value)
         state = self.layers.get(layer_idx)
         b, h, tn, _ = key.shape
         if state is not None and state.pending:
-            # observe() was not called for the previous step: evict on the scores we have
+            # observe() was not called for the previous step: evict on what we know
             self.evict(layer_idx)
-        new_pos = torch.arange(tn, device=key.device, dtype=torch.int64)
         if state is None:
-            state = LayerState(
-                keys=key,
-                values=value,
-                positions=new_pos.expand(b, h, tn).clone(),
-                seen=tn,
-                budget=self.resolve_budget(tn),
-            )
+            # fail on a budget that cannot fit this prompt now; rows are resolved once the
+            # padding is known (observe), against their real tokens
+            self.resolve_budget(tn)
+            pos = torch.arange(tn, device=key.device, dtype=torch.int64).expand(b, h, tn)
+            state = LayerState(kbuf=key, vbuf=value, pbuf=pos, hi=tn, seen=tn, n_new=tn)
             self.layers[layer_idx] = state
             self.on_append(state, tn)
         else:
-            if state.keys.shape[0] != b or state.keys.shape[1] != h or state.keys.shape[-1] != key.shape[-1]:
+            if state.kbuf.shape[0] != b or state.kbuf.shape[1] != h or state.kbuf.shape[-1] != key.shape[-1]:
                 raise ValueError(
                     f"key for layer {layer_idx} has shape {tuple(key.shape)} but the cache holds (B, Hkv, D) = "
-                    f"({state.keys.shape[0]}, {state.keys.shape[1]}, {state.keys.shape[-1]}); call reset() for a new batch"
+                    f"({state.kbuf.shape[0]}, {state.kbuf.shape[1]}, {state.kbuf.shape[-1]}); call reset() for a new batch"
                 )
-            state.keys = torch.cat([state.keys, key.to(state.keys.dtype)], dim=-2)
-            state.values = torch.cat([state.values, value.to(state.values.dtype)], dim=-2)
-            state.positions = torch.cat([state.positions, (new_pos + state.seen).expand(b, h, tn)], dim=-1)
+            self._write(state, key, value)
             state.seen += tn
             self.on_append(state, tn)
         state.pending = True
+        self._set_view(layer_idx, state)
         keys, values = state.keys, state.values
-        self._view_positions[layer_idx] = state.positions
-        if not self.needs_queries:
+        if not self.needs_queries and not self.defer_eviction:
             self.evict(layer_idx)
         return keys, values
 
-    def observe(self, layer_idx: int, query: torch.Tensor, scaling: float, mask: torch.Tensor | None = None) -> None:
-        """Score the keys :meth:`append` just returned with this layer's queries, then evict.
+    def observe(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        scaling: float,
+        mask: torch.Tensor | None = None,
+        *,
+        attend: bool = False,
+    ) -> torch.Tensor | None:
+        """Give the policy this step's queries and attention mask, then evict.
+
+        Call after :meth:`append`, before attention (every policy, not only query-observing
+        ones: the mask is where padding is learnt).
+
+        With ``attend=True`` the caller is about to run dense softmax attention over the keys
+        :meth:`append` returned; a policy that computes those attention probabilities anyway
+        to score (H2O) then returns the attention output ``(B, Hq, Tq, Dv)`` so the caller can
+        skip its own kernel (:meth:`on_attend`); otherwise ``None``.
 
         :param query: ``(B, Hq, Tq, D)`` post-RoPE queries of the new tokens, ``Hq`` a multiple of
             ``Hkv``.
         :param scaling: the softmax scale the model uses.
-        :param mask: optional "may attend" mask broadcastable to ``(B, Hq, Tq, Tk)`` (bool, or
-            additive float), the one the attention applies; default: causal by position over
-            the real keys.
+        :param mask: the model's "may attend" mask (bool, or additive float) ``(B|1, 1|Hq, Tq,
+            W)`` whose last ``Tq`` columns are the new tokens (transformers' layout), or
+            ``None``. Only those columns are read: a new token no query may attend to is
+            padding. The kept keys' part is the cache's business (its positions and validity).
+        :param attend: see above.
+        :returns: the attention output or ``None``.
         """
         state = self.layers.get(layer_idx)
         if state is None:
             raise ValueError(f"observe() for layer {layer_idx} before any append() for it")
         _check_query(query, state)
-        if self.needs_queries and state.pending:
-            self.on_observe(layer_idx, state, query, float(scaling), mask)
+        if not state.pending:
+            return None
+        if mask is not None:
+            self._absorb_padding(layer_idx, state, mask)
+        if not state.resolved:
+            self._resolve(state)
+        out = None
+        if self.needs_queries:
+            if attend:
+                out = self.on_attend(layer_idx, state, query, float(scaling))
+            else:
+                self.on_observe(layer_idx, state, query, float(scaling), None)
         self.evict(layer_idx)
+        return out
 
     def evict(self, layer_idx: int) -> None:
-        """Shrink layer ``layer_idx`` to its budget now (idempotent)."""
+        """Shrink layer ``layer_idx`` to its budgets now (idempotent)."""
         state = self.layers[layer_idx]
         state.pending = False
-        if state.budget is None:
+        if state.ring_full and self._budgets_fixed():
+            # the ring's steady state: every row is one over its budget
+            victim = None if state.has_holes else self.steady_victims(state)
+            if victim is None:
+                victim = self._victims(state, state.valid if state.has_holes else None)
+            state.other_holes = state.has_holes
+            state.pbuf = state.pbuf.scatter(2, victim.unsqueeze(-1), -1)
+            state.free_slots, state.has_holes, state.ring_full = victim, True, False
+            return
+        if not state.resolved:
+            self._resolve(state)
+        budgets = self.head_budgets(state)
+        if budgets is None:
+            return
+        b, h = state.pbuf.shape[:2]
+        budgets = torch.broadcast_to(budgets.to(device=state.pbuf.device, dtype=torch.int64), (b, h))
+        valid = state.valid
+        over = valid.sum(-1) - budgets
+        most, state.limit = (int(x) for x in torch.stack([over.max(), budgets.max()]).tolist())
+        if most <= 0:
+            return
+        if most == 1 and state.owned and state.capacity <= state.limit + 1 and self._evict_one(state, over > 0, valid):
             return
         keep = self.select(state)
-        if keep is None:
-            return
-        compact(state, keep)
+        if keep is not None:
+            compact(state, keep, spare=1)
 
     def select(self, state: LayerState) -> torch.Tensor | None:
-        """``(B, Hkv, T)`` bool of slots to keep, or ``None`` to keep all; per row at most its
+        """``(B, Hkv, hi)`` bool of slots to keep, or ``None`` to keep all; per row at most its
         head budget, forced slots first, then the highest :meth:`scores`, ties to the earlier
-        slot."""
+        token. Sorts; :meth:`evict` uses it only when many tokens go at once."""
         valid = state.valid
         budgets = self.head_budgets(state)
-        if bool((valid.sum(-1) <= budgets.view(1, -1)).all()):
+        if budgets is None:
+            return None
+        b, h = state.pbuf.shape[:2]
+        budgets = torch.broadcast_to(budgets.to(device=valid.device, dtype=torch.int64), (b, h))
+        if bool((valid.sum(-1) <= budgets).all()):
             return None if bool(valid.all()) else valid
-        score = self.scores(state).to(torch.float64)
+        score = self.scores(state)
+        top, bottom = _extremes(score.dtype)
         forced = self.forced(state)
         if forced is not None:
-            score = score.masked_fill(forced, float("inf"))
-        score = score.masked_fill(~valid, float("-inf"))
+            score = score.masked_fill(forced, top)
+        score = score.masked_fill(~valid, bottom)
+        perm = None
+        if not state.ordered:
+            # ties go to the earlier token: bring slots into position order first
+            perm = state.positions.masked_fill(~valid, _INT_MAX).argsort(dim=-1)
+            score = score.gather(-1, perm)
         order = torch.sort(score, dim=-1, descending=True, stable=True).indices
         rank = torch.empty_like(order)
         rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-        return (rank < budgets.view(1, -1, 1)) & valid
+        keep = rank < budgets.unsqueeze(-1)
+        if perm is not None:
+            keep = torch.zeros_like(keep).scatter(-1, perm, keep)
+        return keep & valid
 
     def key_padding_mask(self, layer_idx: int) -> torch.Tensor | None:
         """``(B, Hkv, Tk)`` bool for the keys the last :meth:`append` returned (True = real),
         or ``None`` when all are real."""
-        valid = self.key_positions(layer_idx) >= 0
-        return None if bool(valid.all()) else valid
+        if layer_idx not in self._view_valid:
+            valid = self.key_positions(layer_idx) >= 0
+            self._view_valid[layer_idx] = None if bool(valid.all()) else valid
+        return self._view_valid[layer_idx]
 
     def key_positions(self, layer_idx: int) -> torch.Tensor:
-        """``(B, Hkv, Tk)`` token positions of the keys the last :meth:`append` returned (-1: padding)."""
+        """``(B, Hkv, Tk)`` token positions of the keys the last :meth:`append` returned, in
+        slot order (-1: empty slot or padding)."""
         if layer_idx not in self._view_positions:
             raise ValueError(
                 f"layer {layer_idx} has no keys yet; layers appended so far: {sorted(self._view_positions)}"
@@ -247,8 +462,11 @@ class CachePolicy:
         return self._view_positions[layer_idx]
 
     def kept_positions(self, layer_idx: int) -> torch.Tensor:
-        """``(B, Hkv, T)`` positions held now (after eviction), -1 for padding slots."""
-        return self.layers[layer_idx].positions
+        """``(B, Hkv, hi)`` positions held now (after eviction), each row sorted, ``-1`` after
+        the real ones."""
+        pos = self.layers[layer_idx].positions
+        ordered = pos.masked_fill(pos < 0, _INT_MAX).sort(dim=-1).values
+        return ordered.masked_fill(ordered == _INT_MAX, -1)
 
     def seen(self, layer_idx: int = 0) -> int:
         state = self.layers.get(layer_idx)
@@ -260,28 +478,238 @@ class CachePolicy:
 
     def resolved_budget(self, layer_idx: int = 0) -> int | None:
         state = self.layers.get(layer_idx)
-        return None if state is None else state.budget
+        if state is None:
+            return None
+        if not state.resolved:
+            self._resolve(state)
+        return state.budget
 
     def kept_counts(self, layer_idx: int) -> torch.Tensor:
         """``(B, Hkv)`` real keys held by each sequence and KV head."""
         return self.layers[layer_idx].valid.sum(-1)
 
     def nbytes(self) -> int:
-        """Bytes of keys and values held (padding slots included)."""
+        """Bytes of key and value slots allocated (empty and spare slots included)."""
         return sum(
-            s.keys.numel() * s.keys.element_size() + s.values.numel() * s.values.element_size()
+            s.kbuf.numel() * s.kbuf.element_size() + s.vbuf.numel() * s.vbuf.element_size()
             for s in self.layers.values()
         )
 
     def reorder(self, index: torch.Tensor) -> None:
         """Select / reorder sequences of the batch (beam search, batch slicing)."""
-        for state in self.layers.values():
-            state.keys = state.keys.index_select(0, index.to(state.keys.device))
-            state.values = state.values.index_select(0, index.to(state.values.device))
-            state.positions = state.positions.index_select(0, index.to(state.positions.device))
-            state.extra = {k: v.index_select(0, index.to(v.device)) for k, v in state.extra.items()}
-        for layer_idx, pos in list(self._view_positions.items()):
-            self._view_positions[layer_idx] = pos.index_select(0, index.to(pos.device))
+        for layer_idx in list(self.layers):
+            self.reorder_layer(layer_idx, index)
+
+    def reorder_layer(self, layer_idx: int, index: torch.Tensor) -> None:
+        """:meth:`reorder` for one layer."""
+        state = self.layers.get(layer_idx)
+        if state is None:
+            return
+        idx = index.to(state.kbuf.device)
+
+        def sel(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, idx)
+
+        state.kbuf, state.vbuf, state.pbuf = sel(state.kbuf), sel(state.vbuf), sel(state.pbuf)  # type: ignore[assignment]
+        state.extra = {k: v.index_select(0, idx) for k, v in state.extra.items()}
+        state.row_budget, state.start = sel(state.row_budget), sel(state.start)
+        state.prompt_tokens, state.new_index = sel(state.prompt_tokens), sel(state.new_index)
+        state.free_slots = None
+        state.ring_full = False
+        state.owned = True  # index_select copied
+        if state.row_budget is not None:
+            state.budget = int(state.row_budget.max())
+        if state.resolved:
+            self.on_resolve(state)
+        if layer_idx in self._view_positions:
+            self._view_positions[layer_idx] = self._view_positions[layer_idx].index_select(0, idx)
+        self._view_valid.pop(layer_idx, None)
+
+    # ------------------------------------------------------------------ internals
+    def _set_view(self, layer_idx: int, state: LayerState) -> None:
+        self._view_positions[layer_idx] = state.positions
+        if state.has_holes:
+            self._view_valid.pop(layer_idx, None)  # computed when asked
+        else:
+            self._view_valid[layer_idx] = None
+
+    def _write(self, state: LayerState, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Store ``Tn`` new tokens: one token into a free slot (the one the last eviction
+        freed, or any empty one), several at the end of the used slots, in order."""
+        tn = key.shape[2]
+        b, h = state.pbuf.shape[:2]
+        if key.dtype != state.kbuf.dtype:
+            key = key.to(state.kbuf.dtype)
+        if value.dtype != state.vbuf.dtype:
+            value = value.to(state.vbuf.dtype)
+        state.n_new = tn
+        if tn == 1 and state.owned and (state.has_holes or state.hi < state.capacity):
+            slot: torch.Tensor | None = None
+            ring = state.free_slots is not None
+            grows = False
+            if ring:
+                slot = state.free_slots
+                grows = False
+            elif not state.has_holes:
+                slot, grows = None, True
+            else:
+                free = state.positions < 0
+                has = free.any(-1)
+                grows = not bool(has.all())
+                if grows and state.hi >= state.capacity:
+                    self._grow(state, 1)
+                first = free.to(torch.int8).argmax(-1)
+                slot = torch.where(has, first, state.hi) if grows else first
+            state.free_slots = None
+            state.ring_full = ring
+            if slot is None:  # no empty slot anywhere: the next one in line
+                end = state.hi
+                state.kbuf[:, :, end : end + 1] = key
+                state.vbuf[:, :, end : end + 1] = value
+                state.pbuf[:, :, end] = state.seen
+                state.hi += 1
+                state.new_index = None
+                return
+            idx = slot.unsqueeze(-1)  # (B, H, 1)
+            state.kbuf.scatter_(2, idx.unsqueeze(-1).expand(b, h, 1, state.kbuf.shape[-1]), key)
+            state.vbuf.scatter_(2, idx.unsqueeze(-1).expand(b, h, 1, state.vbuf.shape[-1]), value)
+            state.pbuf.scatter_(2, idx, state.seen)
+            if grows:
+                state.hi += 1
+            state.new_index = idx
+            state.ordered = False
+            # the ring case filled the slot every row freed; other empty slots stay as they were
+            state.has_holes = state.other_holes if ring else bool((state.positions < 0).any())
+            return
+        if not state.owned or state.hi + tn > state.capacity:
+            self._grow(state, tn)
+        end = state.hi
+        state.kbuf[:, :, end : end + tn] = key
+        state.vbuf[:, :, end : end + tn] = value
+        state.pbuf[:, :, end : end + tn] = torch.arange(state.seen, state.seen + tn, device=state.pbuf.device)
+        state.hi += tn
+        state.new_index = None
+        state.free_slots = None
+        state.ring_full = False
+
+    def _grow(self, state: LayerState, tn: int) -> None:
+        """New buffers (owned, contiguous) with room for ``tn`` more tokens after ``hi``."""
+        need = state.hi + tn
+        limit = state.limit if state.limit is not None else state.budget
+        if limit is None:
+            cap = need + GROW_STEP
+        else:
+            cap = max(need, min(need + GROW_STEP, limit + 1))
+        state.kbuf = _resized(state.kbuf, state.hi, cap, 0)
+        state.vbuf = _resized(state.vbuf, state.hi, cap, 0)
+        state.pbuf = _resized(state.pbuf, state.hi, cap, -1)
+        state.extra = {k: _resized(v, state.hi, cap, 0) for k, v in state.extra.items()}
+        state.owned = True
+        state.ring_full = False
+
+    def _budgets_fixed(self) -> bool:
+        """Whether head budgets stay the same once resolved (they do unless a subclass
+        overrides :meth:`head_budgets` without declaring :attr:`fixed_budgets`)."""
+        if self.fixed_budgets is not None:
+            return bool(self.fixed_budgets)
+        return type(self).head_budgets is CachePolicy.head_budgets
+
+    def _victims(self, state: LayerState, valid: torch.Tensor | None) -> torch.Tensor:
+        """``(B, Hkv)`` the lowest-priority evictable slot of every row (``valid=None``: all
+        slots hold a real key); forced slots are never chosen while another is evictable."""
+        pos = state.positions
+        blocked = self.forced(state)
+        if valid is not None:
+            blocked = ~valid if blocked is None else (blocked | ~valid)
+        if type(self).scores is CachePolicy.scores:
+            # recency: positions are unique, the oldest evictable slot goes
+            return (pos if blocked is None else pos.masked_fill(blocked, _INT_MAX)).argmin(dim=-1)
+        score = self.scores(state)
+        top, _ = _extremes(score.dtype)
+        key = score if blocked is None else score.masked_fill(blocked, top)
+        low = key.amin(dim=-1, keepdim=True)
+        # ties: evict the latest token (ties keep the earlier one)
+        tie = key != low
+        if blocked is not None:
+            tie = tie | blocked
+        return pos.masked_fill(tie, -1).argmax(dim=-1)
+
+    def _evict_one(self, state: LayerState, rows: torch.Tensor, valid: torch.Tensor) -> bool:
+        """Evict the lowest-priority slot of each row in ``rows`` ``(B, Hkv)`` in place (one
+        reduction, no sort); False (nothing done) when such a row has no evictable slot."""
+        forced = self.forced(state)
+        evictable = valid if forced is None else valid & ~forced
+        if not bool((evictable.any(-1) | ~rows).all()):
+            return False
+        victim = self._victims(state, valid)
+        if bool(rows.all()):
+            # every row freed one slot: the next token of each row goes there
+            state.free_slots, state.other_holes = victim, state.has_holes
+            state.pbuf = state.pbuf.scatter(2, victim.unsqueeze(-1), -1)
+        else:
+            slots = torch.arange(state.capacity, device=victim.device).view(1, 1, -1)
+            hit = (slots == victim.unsqueeze(-1)) & rows.unsqueeze(-1)
+            state.pbuf = state.pbuf.masked_fill(hit, -1)
+            state.free_slots = None
+        state.has_holes = True
+        return True
+
+    def _absorb_padding(self, layer_idx: int, state: LayerState, mask: torch.Tensor) -> None:
+        """Mark the new tokens no query of this step may attend to as padding (empty slots)."""
+        tn = state.n_new
+        if mask.dim() != 4 or mask.shape[-1] < tn or mask.shape[-2] != tn:
+            return
+        block = mask[..., -tn:]
+        allowed = block if block.dtype == torch.bool else block > torch.finfo(block.dtype).min / 2
+        real = allowed.any(dim=2).any(dim=1)  # (B|1, Tn)
+        if not state.resolved:
+            b = state.pbuf.shape[0]
+            full = real.expand(b, tn)
+            state.prompt_tokens = full.sum(-1)
+            state.start = torch.where(full.any(-1), full.to(torch.int8).argmax(-1), 0).to(torch.int64)
+        if bool(real.all()):
+            return
+        b, h = state.pbuf.shape[:2]
+        slots = state.new_slots()
+        pad = ~real.expand(b, tn).unsqueeze(1).expand(b, h, tn)
+        current = state.pbuf.gather(2, slots)
+        state.pbuf = state.pbuf.scatter(2, slots, current.masked_fill(pad, -1))
+        state.has_holes = True
+        state.free_slots = None
+        state.ring_full = False
+        self._set_view(layer_idx, state)
+
+    def _resolve(self, state: LayerState) -> None:
+        b = state.pbuf.shape[0]
+        device = state.pbuf.device
+        if state.prompt_tokens is None:
+            state.prompt_tokens = torch.full((b,), state.seen, dtype=torch.int64, device=device)
+            state.start = torch.zeros(b, dtype=torch.int64, device=device)
+        lengths = [max(1, int(n)) for n in state.prompt_tokens.tolist()]
+        per: dict[int, int | None] = {n: self.resolve_budget(n) for n in sorted(set(lengths))}
+        if any(v is None for v in per.values()):
+            state.budget, state.row_budget = None, None
+        else:
+            budgets = [int(per[n]) for n in lengths]  # type: ignore[arg-type]
+            state.row_budget = torch.tensor(budgets, dtype=torch.int64, device=device)
+            state.budget = max(budgets)
+        state.resolved = True
+        self.on_resolve(state)
+
+
+def _extremes(dtype: torch.dtype) -> tuple[Any, Any]:
+    if dtype.is_floating_point:
+        return float("inf"), float("-inf")
+    info = torch.iinfo(dtype)
+    return info.max, info.min
+
+
+def _resized(t: torch.Tensor, used: int, capacity: int, fill: float) -> torch.Tensor:
+    """A new ``(B, Hkv, capacity, ...)`` tensor holding ``t[:, :, :used]`` then ``fill``."""
+    shape = (*t.shape[:2], capacity, *t.shape[3:])
+    out = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+    out[:, :, :used] = t[:, :, :used]
+    return out
 
 
 def _check_kv(key: torch.Tensor, value: torch.Tensor) -> None:
@@ -296,39 +724,51 @@ def _check_kv(key: torch.Tensor, value: torch.Tensor) -> None:
 
 
 def _check_query(query: torch.Tensor, state: LayerState) -> None:
-    b, h, _, d = state.keys.shape
+    b, h, _, d = state.kbuf.shape
     if query.dim() != 4 or query.shape[0] != b or query.shape[-1] != d or query.shape[1] % h != 0:
         raise ValueError(
             f"query must be (B, Hq, Tq, D) with B={b}, D={d} and Hq a multiple of Hkv={h}, got {tuple(query.shape)}"
         )
 
 
-def compact(state: LayerState, keep: torch.Tensor) -> None:
-    """Shrink ``state`` in place to the ``keep`` slots of every row, in their order.
+def compact(state: LayerState, keep: torch.Tensor, *, spare: int = 0) -> None:
+    """Rebuild ``state``'s buffers from the ``keep`` slots of every row, in position order.
 
-    What :meth:`CachePolicy.evict` does with :meth:`CachePolicy.select`'s answer; a policy that
-    overrides ``evict`` (one that keeps a different set per KV head, say) calls it with its own
-    ``keep``. Rows keeping fewer slots than the longest row are padded at the end: padding slots
-    get position ``-1`` (their keys and values are left-overs and must not be attended to).
+    What :meth:`CachePolicy.evict` does when many tokens go at once; a policy that overrides
+    ``evict`` calls it with its own ``keep``. Rows keeping fewer slots than the longest row get
+    empty slots (position ``-1``) after their real ones.
 
-    :param state: the layer's storage; ``keys``, ``values``, ``positions`` and every ``extra``
-        tensor are replaced.
-    :param keep: ``(B, Hkv, T)`` bool, True for the slots to keep, ``T`` the stored length.
+    :param state: the layer's storage; its buffers and every ``extra`` buffer are replaced.
+    :param keep: ``(B, Hkv, hi)`` bool, True for the slots to keep.
+    :param spare: empty slots to allocate after the longest row (room for the next tokens).
     """
     counts = keep.sum(-1)
     width = int(counts.max()) if counts.numel() else 0
-    # a stable sort of "not kept" brings kept slots first without reordering them
-    order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :width]
+    cap = width + int(spare)
+    key = state.positions.masked_fill(~keep, _INT_MAX)
+    order = key.argsort(dim=-1)[..., :width]
     slot_ok = torch.arange(width, device=keep.device).view(1, 1, -1) < counts.unsqueeze(-1)
 
-    def take(t: torch.Tensor) -> torch.Tensor:
+    def take(t: torch.Tensor, fill: float) -> torch.Tensor:
         idx = order.view(*order.shape, *([1] * (t.dim() - 3))).expand(*order.shape, *t.shape[3:])
-        return t.gather(2, idx)
+        got = t.gather(2, idx)
+        if cap > width:
+            got = torch.cat([got, got.new_full((*got.shape[:2], cap - width, *got.shape[3:]), fill)], dim=2)
+        return got
 
-    state.keys = take(state.keys)
-    state.values = take(state.values)
-    state.positions = take(state.positions).masked_fill(~slot_ok, -1)
-    state.extra = {k: take(v) for k, v in state.extra.items()}
+    pos = take(state.positions, -1)
+    pos[:, :, :width] = pos[:, :, :width].masked_fill(~slot_ok, -1)
+    state.kbuf = take(state.keys, 0)
+    state.vbuf = take(state.values, 0)
+    state.pbuf = pos
+    state.extra = {k: take(v[:, :, : state.hi], 0) for k, v in state.extra.items()}
+    state.hi = width
+    state.owned = True
+    state.ordered = True
+    state.has_holes = not bool(slot_ok.all())
+    state.free_slots = None
+    state.ring_full = False
+    state.new_index = None
 
 
 def query_probabilities(
@@ -346,7 +786,7 @@ def query_probabilities(
 
     :param query: ``(B, Hq, Tq, D)``.
     :param keys: ``(B, Hkv, Tk, D)``.
-    :param key_positions: ``(B, Hkv, Tk)``, -1 for padding slots (never attended).
+    :param key_positions: ``(B, Hkv, Tk)``, -1 for empty slots (never attended).
     :param query_positions: ``(Tq,)`` token positions of the queries (causal: a query sees keys
         at positions <= its own).
     :param mask: optional "may attend" mask broadcastable to ``(B, Hq, Tq, Tk)`` (bool, or an
@@ -362,15 +802,25 @@ def query_probabilities(
     if mask is not None:
         allowed_mask = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
         allowed_mask = allowed_mask.expand(b, hq, tq, tk).reshape(b, hkv, g, tq, tk)
+    kpos = key_positions.view(b, hkv, 1, 1, tk)
+    # a decode step sees every stored key: skip the causal mask when no key is after a query
+    causal = tq > 0 and bool((key_positions > query_positions.min()).any())
+    all_valid = bool((key_positions >= 0).all())
     for start in range(0, tq, chunk):
         stop = min(tq, start + chunk)
         q = query[:, :, start:stop].to(dtype).reshape(b, hkv, g, stop - start, d)
         logits = torch.einsum("bhgqd,bhkd->bhgqk", q, k) * scaling
-        qpos = query_positions[start:stop].view(1, 1, 1, -1, 1)
-        kpos = key_positions.view(b, hkv, 1, 1, tk)
-        allowed = (kpos >= 0) & (kpos <= qpos)
+        allowed: torch.Tensor | None = None
+        if causal:
+            allowed = (kpos >= 0) & (kpos <= query_positions[start:stop].view(1, 1, 1, -1, 1))
+        elif not all_valid:
+            allowed = kpos >= 0
         if allowed_mask is not None:
-            allowed = allowed & allowed_mask[:, :, :, start:stop]
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+            part = allowed_mask[:, :, :, start:stop]
+            allowed = part if allowed is None else allowed & part
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        else:
+            probs = torch.softmax(logits, dim=-1)
         yield start, probs

@@ -96,6 +96,18 @@ def _attention_forward(
     if not patched:  # a layer left out with ``layers=``: transformers' own SDPA attention
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+        cache = session._cache_for(key)
+        if cache is not None:
+            # the cache's slots are not in token order and may be empty: give SDPA the cache's
+            # own mask, always materialised (SDPA's is_causal would be top-left aligned)
+            from attnkit.cache.attention import cache_attention_mask
+
+            if attention_mask is not None and attention_mask.dtype != torch.bool:
+                attention_mask = attention_mask == 0
+            cache.observe(layer, query, scaling if scaling is not None else query.shape[-1] ** -0.5, attention_mask)
+            attention_mask = cache_attention_mask(
+                cache, layer, query.shape[2], key.shape[2], attention_mask, q_heads=query.shape[1], materialize=True
+            )
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
@@ -277,26 +289,37 @@ class Session:
             raise ValueError(f"attnkit kernels do not apply attention dropout; got dropout={dropout} in training mode")
         run = self.run
         cache = self._cache_for(k)  # before any edit replaces k: the lookup is by identity
+        if cache is not None and run.wants_any(("hook_k", "hook_v"), layer):
+            # the cache reuses slots in place: what an analysis keeps must not change later
+            k, v = k.clone(), v.clone()
         q = run.visit("hook_q", layer, q)
         k = run.visit("hook_k", layer, k)
         v = run.visit("hook_v", layer, v)
         if mask is not None and mask.dtype != torch.bool:
             # An additive float mask (another mask function produced it): 0 = attend.
             mask = mask == 0
-        if cache is not None and getattr(cache, "needs_queries", False):
-            cache.observe(layer, q, scaling if scaling is not None else q.shape[-1] ** -0.5, mask)
-        key_mask = cache.key_padding_mask(layer) if hasattr(cache, "key_padding_mask") else None
-        if key_mask is not None:
-            g = q.shape[1] // key_mask.shape[1]
-            km = key_mask.repeat_interleave(g, dim=1)[:, :, None, :]  # (B, Hq, 1, Tk)
-            mask = km if mask is None else (mask & km)
+        explicit = run.wants_any(("hook_scores", "hook_pattern"), layer)
+        fused = None
+        if cache is not None:
+            from attnkit.cache.attention import cache_attention_mask
+
+            # Every policy observes: padding is learnt from the mask's new columns, H2O-like
+            # policies score, and eviction happens now (the keys of this step stay valid). With
+            # dense attention a scoring policy hands back the output it computed while scoring.
+            scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+            plain = self.spec.name == "dense" and not explicit and not run.edits_any(("hook_k", "hook_v"), layer)
+            fused = cache.observe(layer, q, scale, mask, attend=plain)
+            # transformers' mask is right only for the new tokens (its last Tq columns), and it
+            # is sized by layer 0 while ragged layers hold more slots: the cache masks the rest.
+            mask = cache_attention_mask(cache, layer, q.shape[2], k.shape[2], mask, q_heads=q.shape[1])
         # Causal modules always pass is_causal (for a prompt): transformers' mask already holds
         # causality when it is materialised (padding, or always while tracing), and ANDing it
         # again is a no-op for dense attention, but a kernel such as causal neighborhood
         # attention places its window differently when told the attention is causal.
         is_causal = bool(getattr(module, "is_causal", False)) and bool(q.shape[2] > 1)
-        explicit = run.wants_any(("hook_scores", "hook_pattern"), layer)
-        if explicit and run.edits_any(("hook_scores", "hook_pattern"), layer):
+        if fused is not None:
+            z = fused
+        elif explicit and run.edits_any(("hook_scores", "hook_pattern"), layer):
             z = self._explicit(layer, q, k, v, mask, is_causal, scaling, run)
         else:
             extra: dict[str, Any] = {"mask": mask} if mask is not None else {}
