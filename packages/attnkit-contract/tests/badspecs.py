@@ -86,6 +86,22 @@ def overflows(q, k, v, *, params, is_causal, scale, return_lse, mask=None):  # t
     return (out, lse) if return_lse else out
 
 
+def nan_to_finite(q, k, v, *, params, is_causal, scale, return_lse, mask=None):  # type: ignore[no-untyped-def]
+    # Reads NaN and infinities as 0 / the largest float: poisoned rows come out finite.
+    q, k, v = (torch.nan_to_num(x, nan=0.0) for x in (q, k, v))
+    return good(q, k, v, params=params, is_causal=is_causal, scale=scale, return_lse=return_lse, mask=mask)
+
+
+def spreads_nan(q, k, v, *, params, is_causal, scale, return_lse, mask=None):  # type: ignore[no-untyped-def]
+    # Right, except that every value is multiplied by the probability of every query, 0 where
+    # it is masked: 0 * NaN = NaN reaches rows that may not attend to a NaN value.
+    res = good(q, k, v, params=params, is_causal=is_causal, scale=scale, return_lse=return_lse, mask=mask)
+    g = q.shape[1] // k.shape[1]
+    zero_probs = torch.zeros((*q.shape[:-1], k.shape[-2]), dtype=v.dtype, device=v.device)
+    leak = torch.matmul(zero_probs, v.repeat_interleave(g, 1))
+    return (res[0] + leak, res[1]) if return_lse else res + leak
+
+
 def log2_lse(q, k, v, *, params, is_causal, scale, return_lse, mask=None):  # type: ignore[no-untyped-def]
     res = good(q, k, v, params=params, is_causal=is_causal, scale=scale, return_lse=return_lse, mask=mask)
     return (res[0], res[1] / torch.log(torch.tensor(2.0, dtype=res[1].dtype))) if return_lse else res

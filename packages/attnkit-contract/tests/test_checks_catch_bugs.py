@@ -34,6 +34,8 @@ def outcomes(spec, checks, backends=("bad", "reference")):
         pytest.param(badspecs.mixes_batch, ["check_batch_independence"], None, id="batch"),
         pytest.param(badspecs.ignores_strides, ["check_non_contiguous"], None, id="strides"),
         pytest.param(badspecs.good, ["check_bad_inputs"], badspecs.UncheckedParams, id="params"),
+        pytest.param(badspecs.nan_to_finite, ["check_non_finite"], None, id="nan-to-finite"),
+        pytest.param(badspecs.spreads_nan, ["check_non_finite"], None, id="nan-spreads"),
     ],
 )
 def test_wrong_kernel_fails_its_checks(kernel, checks, params):
@@ -71,6 +73,24 @@ def test_nan_rows_reported_as_nan():
     spec = badspecs.make_spec(badspecs.nan_on_masked_rows)
     (result,) = check_spec(spec, ["bad"], ["check_fully_masked_rows"], raise_on_failure=False)
     assert "NaN" in result.message
+
+
+def test_non_finite_failures_say_which_rows():
+    spec = badspecs.make_spec(badspecs.nan_to_finite)
+    (result,) = check_spec(spec, ["bad"], ["check_non_finite"], raise_on_failure=False)
+    assert "NaN in one q entry" in result.message and "must be NaN in every entry" in result.message
+    spec = badspecs.make_spec(badspecs.spreads_nan)
+    (result,) = check_spec(spec, ["bad"], ["check_non_finite"], raise_on_failure=False)
+    assert "may not attend to any non-finite input but is not finite" in result.message, result.message
+
+
+def test_non_finite_check_runs_on_every_backend():
+    from attnkit_contract.checks import yield_contract
+
+    for spec in (badspecs.make_spec(badspecs.good), badspecs.make_spec(badspecs.good, supports_mask=False)):
+        for profile in ("quick", "full"):
+            got = {b for b, c in yield_contract(spec, profile=profile) if c == "check_non_finite"}
+            assert got == {"bad", "reference"}, (profile, got)
 
 
 def test_refusing_backend_is_skipped_with_its_reason():

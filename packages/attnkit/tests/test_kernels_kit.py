@@ -300,6 +300,102 @@ def test_empty_outputs_and_as_numpy() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# non-finite input (docs/user-guide.md): NaN exactly in the rows that may attend to it
+# ---------------------------------------------------------------------------------------------
+
+
+def _band_nan_rows(q, k, v, window, causal):  # type: ignore[no-untyped-def]
+    """(B, Hq, N): rows whose q row or a k/v row in their band holds a NaN or an infinity."""
+    mask = _band_mask(q.shape[2], window, causal)
+    g = q.shape[1] // k.shape[1]
+    bad_q = ~torch.isfinite(q).all(-1)
+    bad_kv = (~torch.isfinite(k).all(-1) | ~torch.isfinite(v).all(-1)).repeat_interleave(g, 1)
+    return bad_q | (mask & bad_kv[:, :, None, :]).any(-1)
+
+
+def _assert_rule(out, q, k, v, window, causal):  # type: ignore[no-untyped-def]
+    want_nan = _band_nan_rows(q, k, v, window, causal)
+    assert want_nan.any() and not want_nan.all()
+    assert torch.isnan(out[want_nan]).all(), "a row that may attend to a non-finite input is not NaN"
+    assert torch.isfinite(out[~want_nan]).all(), "NaN reached a row that may not attend to it"
+    clean = [torch.where(torch.isfinite(x).all(-1, keepdim=True), x, 0.0).double() for x in (q, k, v)]
+    want, _ = _dense_band(*clean, window, causal)
+    torch.testing.assert_close(out[~want_nan].double(), want[~want_nan], rtol=1e-5, atol=1e-5)
+
+
+def _spreading_forward(call: KernelCall):  # type: ignore[no-untyped-def]
+    """A kernel that only propagates NaN: probabilities (0 where masked) times every value."""
+    allowed = _band_mask(call.q_len, call.params.window, call.is_causal)
+    g = call.group
+    kk, vv = call.k.repeat_interleave(g, 1), call.v.repeat_interleave(g, 1)
+    s = (call.q @ kk.transpose(-1, -2) * call.scale).masked_fill(~allowed, float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    e = torch.exp(s - m)
+    total = e.sum(-1, keepdim=True)
+    return (e / total) @ vv, (m + torch.log(total)).squeeze(-1)
+
+
+@pytest.mark.parametrize("mode", ["guard", "keys"])
+def test_numba_backend_guard_gives_a_nan_propagating_kernel_the_rule(mode: str) -> None:
+    pytest.importorskip("numba")
+    impl = kit_cpu.numba_backend(_spreading_forward, non_finite=mode)
+    raw = kit_cpu.numba_backend(_spreading_forward, non_finite="kernel")
+    for name, idx, value in (("v", (0, 1, 8, 2), float("nan")), ("k", (1, 0, 3, 1), -float("inf"))):
+        q, k, v = _qkv(dtype=torch.float32)
+        {"q": q, "k": k, "v": v}[name][idx] = value
+        kw = {"params": BandParams(2), "is_causal": True, "scale": 8**-0.5, "return_lse": False}
+        _assert_rule(impl(q, k, v, **kw), q, k, v, 2, True)
+        with pytest.raises(AssertionError):  # the kernel alone spreads NaN / loses it
+            _assert_rule(raw(q, k, v, **kw), q, k, v, 2, True)
+    with pytest.raises(ValueError, match="non_finite must be one of guard, keys, kernel"):
+        kit_cpu.numba_backend(_spreading_forward, non_finite="off")
+
+
+def test_guard_non_finite_copies_only_when_needed() -> None:
+    pytest.importorskip("numba")
+    q, k, v = _qkv(dtype=torch.float32)
+    call = KernelCall.from_inputs(q, k, v, params=None, is_causal=False, scale=1.0)
+    assert kit_cpu.guard_non_finite(call) is call
+    q[0, 1, 2, 3] = float("inf")
+    v[1, 0, 4, 0] = float("nan")
+    call = KernelCall.from_inputs(q, k, v, params=None, is_causal=False, scale=1.0)
+    got = kit_cpu.guard_non_finite(call)
+    assert torch.isnan(got.q[0, 1, 2]).all() and torch.isfinite(got.q[0, 1, :2]).all()
+    assert torch.isnan(got.k[1, 0, 4]).all() and torch.equal(got.v[1, 0, 4], torch.zeros(8))
+    assert torch.equal(got.k[0], k[0]) and torch.equal(got.v[0], v[0])
+    assert kit_cpu.guard_non_finite(call, queries=False).q is call.q
+
+
+def test_numba_exp_keeps_nan_and_any_non_finite() -> None:
+    pytest.importorskip("numba")
+    from attnkit.kernels.numba_exp import any_non_finite, exp_into
+
+    for dt in (np.float32, np.float64):
+        src = np.array([0.0, -1.0, np.nan, -np.inf, 2.0], dtype=dt)
+        dst, poly, pow2 = np.empty_like(src), np.empty_like(src), np.empty(5)
+        total = exp_into(src, dst, 0, 5, 0.0, poly, pow2)
+        assert np.isnan(dst[2]) and np.isnan(total)
+        assert dst[3] < 1e-37 and np.allclose(dst[[0, 1, 4]], np.exp(src[[0, 1, 4]].astype(np.float64)), rtol=1e-6)
+        x = np.ones((7, 3), dtype=dt)
+        assert not any_non_finite(x)
+        for value in (np.nan, np.inf, -np.inf):
+            x[5, 1] = value
+            assert any_non_finite(x)
+
+
+def test_gathered_attention_follows_the_non_finite_rule() -> None:
+    q, k, v = _qkv(hq=4, hkv=2, spatial=(11,))
+    v[0, 1, 10, 2] = float("nan")  # the last key: causally only the last query sees it
+    k[1, 0, 3, 0] = float("inf")
+    q[0, 2, 5, 1] = float("nan")
+    call = KernelCall.from_inputs(q, k, v, params=None, is_causal=True, scale=8**-0.5, return_lse=True)
+    idx, valid = _band_index(11, 2, True)  # padding slots point at in-range keys, some bad
+    out, lse = kit_onnx.gathered_attention(call, idx, valid)
+    _assert_rule(out, q, k, v, 2, True)
+    assert torch.equal(torch.isnan(lse), _band_nan_rows(q, k, v, 2, True))
+
+
+# ---------------------------------------------------------------------------------------------
 # flex
 # ---------------------------------------------------------------------------------------------
 
@@ -344,6 +440,25 @@ def test_flex_backend_matches_reference(band_spec) -> None:  # type: ignore[no-u
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     assert band_flex.mask_rule is band_rule
+
+
+def test_flex_backend_follows_the_non_finite_rule(band_spec) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    # The shape of test_flex_backend_matches_reference: the compiled graph is reused.
+    for name, idx, value in (("q", (0, 1, 6, 3), float("nan")), ("v", (1, 0, 39, 2), float("-inf"))):
+        q, k, v = _qkv(spatial=(40,), dtype=torch.float32)
+        {"q": q, "k": k, "v": v}[name][idx] = value
+        _assert_rule(band_spec(q, k, v, backend="flex", window=3, is_causal=True), q, k, v, 3, True)
+    # Logits overflowing float32 for one query row: that row is NaN, the others are exact.
+    q, k, v = _qkv(spatial=(40,), dtype=torch.float32)
+    q[0, 0, 7] = 1e38
+    k[0, 0, 4:8] = 10.0  # query 7's causal band: (q * scale) . k ~ 3e39 overflows, others stay small
+    out = band_spec(q, k, v, backend="flex", window=3, is_causal=True)
+    assert torch.isnan(out[0, 0, 7]).all()
+    want, _ = _dense_band(q.double(), k.double(), v.double(), 3, True)
+    keep = torch.ones(out.shape[:-1], dtype=torch.bool)
+    keep[0, 0, 7] = False
+    torch.testing.assert_close(out[keep].double(), want[keep], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

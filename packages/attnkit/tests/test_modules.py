@@ -48,6 +48,8 @@ def make(config: ModuleConfig, **kw: object) -> MultiHeadAttention:
         ({"dim": 10, "heads": 4}, ValueError, "dim=10 is not divisible by heads=4"),
         ({"dim": 8, "heads": 4, "kv_heads": 3}, ValueError, "kv_heads must divide heads=4"),
         ({"dim": 8, "heads": 2, "head_dim": 0}, ValueError, "head_dim"),
+        ({"dim": 8, "heads": 2, "bias": "no"}, TypeError, "ModuleConfig.bias must be a bool"),
+        ({"dim": 8, "heads": 2, "causal": 1}, TypeError, "ModuleConfig.causal must be a bool"),
     ],
 )
 def test_config_validation(kwargs: dict, error: type, match: str) -> None:
@@ -166,3 +168,31 @@ def test_aux_loss_sums_submodules() -> None:
     m = make(ModuleConfig(dim=8, heads=2))
     m(torch.randn(1, 3, 8, dtype=F64))
     assert float(aux_loss(m)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.float16])
+def test_input_dtype_must_match_the_weights(dtype: torch.dtype) -> None:
+    m = MultiHeadAttention(ModuleConfig(dim=8, heads=2))
+    x = torch.ones(1, 4, 8, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"x has dtype {dtype} but the module's weights are torch.float32"):
+        m(x)
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor"):
+        m([[0.0] * 8])
+    assert m.double()(torch.ones(1, 4, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_autocast_may_feed_a_lower_precision_input() -> None:
+    m = MultiHeadAttention(ModuleConfig(dim=8, heads=2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.ones(1, 4, 8, dtype=torch.bfloat16))
+    assert out.shape == (1, 4, 8)
+
+
+def test_build_module_takes_mappings_or_says_what_it_expects() -> None:
+    by_dict = build_module("mha", {"dim": 8, "heads": 2}, {"kernel": "dense"})
+    assert isinstance(by_dict, MultiHeadAttention) and by_dict.config == ModuleConfig(dim=8, heads=2)
+    assert build_module("dense", {"dim": 8, "heads": 2, "causal": True}).config.causal
+    with pytest.raises(TypeError, match=r"config must be a ModuleConfig or a mapping of its fields.*got list"):
+        build_module("mha", [8, 2])
+    with pytest.raises(TypeError, match=r"params must be a mapping of parameter names to values, got str"):
+        build_module("mha", ModuleConfig(dim=8, heads=2), "dense")

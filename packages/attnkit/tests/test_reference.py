@@ -142,3 +142,135 @@ def test_gradcheck():
         return attention(q, k, v, mask=mask, is_causal=True, return_lse=True)
 
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite input: NaN exactly in the rows that may attend to it (docs/user-guide.md)
+# ---------------------------------------------------------------------------------------------
+
+NON_FINITE = [
+    ("q-nan", "q", (0, 1, 2, 1), math.nan),
+    ("q-row-minus-inf", "q", (1, 3, 4, slice(None)), -math.inf),
+    ("k-plus-inf", "k", (0, 1, 3, 0), math.inf),
+    ("k-minus-inf", "k", (1, 0, 1, 2), -math.inf),
+    ("v-nan", "v", (0, 0, 4, 3), math.nan),
+    ("v-plus-inf-last-key", "v", (1, 1, 5, 0), math.inf),
+]
+# (B, 1, Tq, Tk): causal-like with one empty query row (batch 0, query 3)
+MASK = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0] * 6, [1, 1, 1, 1, 1, 0]]).bool()
+
+
+def _expected_nan_rows(q, k, v, allowed):  # type: ignore[no-untyped-def]
+    """(B, Hq, Tq) bool by loops: a row with a key is NaN iff its q row or an allowed k/v row
+    holds a NaN or an infinity."""
+    b_, hq, tq, _ = q.shape
+    g = hq // k.shape[1]
+    want = torch.zeros(b_, hq, tq, dtype=torch.bool)
+    for b in range(b_):
+        for h in range(hq):
+            for i in range(tq):
+                keys = [j for j in range(k.shape[2]) if allowed(b, h, i, j)]
+                bad = [
+                    j
+                    for j in keys
+                    if not (torch.isfinite(k[b, h // g, j]).all() and torch.isfinite(v[b, h // g, j]).all())
+                ]
+                want[b, h, i] = bool(keys) and (not torch.isfinite(q[b, h, i]).all() or bool(bad))
+    return want
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize(("label", "name", "idx", "value"), NON_FINITE, ids=[c[0] for c in NON_FINITE])
+def test_non_finite_input_gives_nan_exactly_in_the_rows_that_may_attend_to_it(label, name, idx, value, backend, dtype):
+    import attnkit
+
+    q, k, v = rand(2, 4, 5, 4, seed=1), rand(2, 2, 6, 4, seed=2), rand(2, 2, 6, 4, seed=3)
+    {"q": q, "k": k, "v": v}[name][idx] = value
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    mask = MASK[None, None].expand(2, 1, 5, 6).clone()
+    mask[1, 0, 3] = True  # batch 1 has no empty row
+    out = attnkit.get_spec("dense")(q, k, v, mask=mask, backend=backend)
+    allowed = lambda b, h, i, j: bool(mask[b, 0, i, j])  # noqa: E731
+    want_nan = _expected_nan_rows(q, k, v, allowed)
+    assert torch.isnan(out[want_nan]).all(), label
+    assert torch.isfinite(out[~want_nan]).all(), label
+    assert torch.equal(out[0, :, 3], torch.zeros_like(out[0, :, 3]))  # nothing to attend to: zeros
+    # Every other row is the loop softmax over its allowed keys, which are all finite.
+    clean = [torch.where(torch.isfinite(x).all(-1, keepdim=True), x, 0.0).double() for x in (q, k, v)]
+    want, _ = loop_attention(*clean, allowed, 0.5)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out[~want_nan].double(), want[~want_nan], atol=tol, rtol=tol)
+    if backend == "reference":
+        _, lse = attention(q, k, v, mask=mask, return_lse=True)
+        assert torch.isnan(lse[want_nan]).all() and torch.isneginf(lse[0, :, 3]).all()
+
+
+def test_nan_value_of_a_masked_key_does_not_reach_rows_that_cannot_see_it():
+    # Dense attention multiplies every value by its probability, 0 where masked: 0 * NaN = NaN
+    # would reach every row. Causal: only the last query sees the last key.
+    q, k, v = rand(1, 2, 6, 4, seed=1), rand(1, 2, 6, 4, seed=2), rand(1, 2, 6, 4, seed=3)
+    v[0, 1, 5, 2] = math.nan
+    out, lse = attention(q, k, v, is_causal=True, return_lse=True)
+    assert torch.isnan(out[0, 1, 5]).all() and torch.isnan(lse[0, 1, 5])
+    assert torch.isfinite(out[0, 1, :5]).all() and torch.isfinite(out[0, 0]).all()
+
+
+def test_empty_row_is_zeros_even_when_its_query_is_nan():
+    q, k, v = rand(1, 1, 3, 4, seed=1), rand(1, 1, 3, 4, seed=2), rand(1, 1, 3, 4, seed=3)
+    q[0, 0, 1] = math.nan
+    mask = torch.tensor([[True, False, False], [False, False, False], [True, True, True]])
+    out, lse = attention(q, k, v, mask=mask, return_lse=True)
+    assert torch.equal(out[0, 0, 1], torch.zeros(4, dtype=torch.float64)) and torch.isneginf(lse[0, 0, 1])
+
+
+def test_non_finite_rows_keep_the_other_rows_gradients_finite():
+    q, k, v = (rand(1, 2, 5, 4, seed=s) for s in (1, 2, 3))
+    v[0, 0, 4, 1] = math.nan
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = attention(q, k, v, is_causal=True)
+    out[:, :, :4].sum().backward()
+    for x in (q, k, v):
+        assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["plus-inf", "minus-inf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_logits_overflowing_the_working_dtype_give_nan_rows(sign, dtype):
+    # Outside the supported range ("logits finite in the working dtype") every row that has
+    # keys is NaN, never a finite answer: all logits +inf, or all -inf (not "nothing to see").
+    big = 1e20 if dtype == torch.float32 else 1e160
+    q = torch.full((1, 2, 4, 8), big, dtype=dtype)
+    out, lse = attention(q, sign * q, rand(1, 2, 4, 8, seed=1).to(dtype), is_causal=True, return_lse=True)
+    assert torch.isnan(out).all() and torch.isnan(lse).all()
+
+
+def test_a_logit_overflowing_to_minus_inf_next_to_finite_ones_is_probability_zero():
+    q, k, v = (rand(1, 1, 3, 4, seed=s).float() for s in (1, 2, 3))
+    q = q.abs() + 1.0
+    k[0, 0, 1] = -3e38  # finite input; its logits overflow float32 to -inf
+    out = attention(q, k, v)
+    want = attention(q.double(), k.double()[:, :, [0, 2]], v.double()[:, :, [0, 2]])
+    torch.testing.assert_close(out.double(), want, atol=1e-6, rtol=1e-6)
+
+
+def test_scale_is_applied_before_the_logit_product():
+    # q . k = 4e38 overflows float32, (q * scale) . k = 4e28 does not.
+    q = torch.full((1, 1, 2, 1), 2e19)
+    k = torch.full((1, 1, 3, 1), 2e19)
+    v = rand(1, 1, 3, 2, seed=1).float()
+    out, lse = attention(q, k, v, scale=1e-10, return_lse=True)
+    want, want_lse = attention(q.double(), k.double(), v.double(), scale=1e-10, return_lse=True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(lse.double(), want_lse, atol=0, rtol=1e-6)
+
+
+def test_softmax_rows_nan_logit_gives_nan_lse():
+    from attnkit.reference import softmax_rows
+
+    scores = torch.tensor([[0.0, math.nan, 1.0], [-math.inf, -math.inf, -math.inf], [0.0, math.inf, 1.0]])
+    probs, lse = softmax_rows(scores)
+    assert torch.isnan(probs[0]).all() and torch.isnan(lse[0])
+    assert torch.equal(probs[1], torch.zeros(3)) and torch.isneginf(lse[1])
+    assert torch.isnan(probs[2]).all() and torch.isnan(lse[2])

@@ -181,3 +181,57 @@ def test_spec_call_reports_validation_errors():
 
     with pytest.raises(ValueError, match=r"q has 3 heads and k/v have 2"):
         attnkit.attention(t(1, 3, 4, 8), t(1, 2, 4, 8), t(1, 2, 4, 8))
+
+
+@pytest.mark.parametrize(
+    ("make", "arg", "pattern"),
+    [
+        (
+            lambda: (t(1, 1, 2, 4).to(torch.float8_e4m3fn), t(1, 1, 2, 4), t(1, 1, 2, 4)),
+            "q",
+            r"q has dtype torch.float8_e4m3fn",
+        ),
+        (
+            lambda: (t(1, 1, 2, 4), t(1, 1, 2, 4).to(torch.float8_e5m2), t(1, 1, 2, 4)),
+            "k",
+            r"k has dtype torch.float8_e5m2",
+        ),
+        (lambda: (t(1, 1, 2, 4), t(1, 1, 2, 4), t(1, 1, 2, 4).to(torch.complex64)), "v", r"v must be a floating-point"),
+        (lambda: (t(1, 1, 2, 4), t(1, 1, 2, 4).to("meta"), t(1, 1, 2, 4)), "k", r"k is on the meta device"),
+    ],
+    ids=["float8-q", "float8-k", "complex-v", "meta-k"],
+)
+def test_check_qkv_refuses_dtypes_and_devices_kernels_cannot_take(make, arg, pattern):
+    q, k, v = make()
+    with pytest.raises(TypeError, match=pattern):
+        tensors.check_qkv(q, k, v)
+    import attnkit
+
+    with pytest.raises(TypeError, match=pattern):  # before it reaches torch internals
+        attnkit.get_spec("dense")(q, k, v)
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, torch.tensor(True)])
+def test_return_lse_must_be_a_bool(value):
+    import attnkit
+
+    with pytest.raises(TypeError, match=r"return_lse must be a bool"):
+        attnkit.get_spec("dense")(t(1, 1, 2, 4), t(1, 1, 2, 4), t(1, 1, 2, 4), return_lse=value)
+    assert tensors.check_bool(True, "flag") is True
+    with pytest.raises(TypeError, match=r"flag must be a bool"):
+        tensors.check_bool(value, "flag")
+
+
+def test_non_finite_rows_and_the_cheap_range_test():
+    x = torch.zeros(2, 3, 4)
+    x[0, 1, 2] = float("nan")
+    x[1, 2, 0] = float("-inf")
+    assert tensors.non_finite_rows(x).tolist() == [[False, True, False], [False, False, True]]
+    q, k, v = t(1, 2, 3, 4) + 1, t(1, 1, 5, 4) + 1, t(1, 1, 5, 4)
+    assert tensors.surely_in_range(q, k, v, 0.5)
+    bound, limit = tensors.logit_bound(q, k, 0.5)
+    assert bound.shape == (1, 2, 3) and torch.all(bound == 2.0) and limit == torch.finfo(torch.float32).max / 2
+    assert not tensors.surely_in_range(q * float("nan"), k, v, 0.5)
+    assert not tensors.surely_in_range(q * 1e20, k * 1e20, v, 0.5)  # logits could overflow
+    assert not tensors.surely_in_range(q, k, v + float("inf"), 0.5)
+    assert not tensors.surely_in_range(q.to("meta"), k.to("meta"), v.to("meta"), 0.5)  # no sync off the CPU

@@ -205,3 +205,69 @@ def test_bad_inputs_raise():
         cpu.neighborhood_attention(q[:, :1], k.expand(-1, 2, -1, -1), v.expand(-1, 2, -1, -1), **call)
     with pytest.raises(ValueError, match="token axes"):
         cpu.neighborhood_attention(q, k[:, :, :6], v[:, :, :6], **call)
+
+
+# Non-finite input (attnkit's rule, docs/user-guide.md): a query row is NaN, and so is its LSE,
+# exactly when its q row or the k/v row of a key in its window is not finite; other rows are
+# computed from finite values only. (label, tensor, index into the flattened (B, H, N, D) view)
+NON_FINITE = [
+    ("q-nan", "q", (0, 1, 6, 3), math.nan),
+    ("q-row-minus-inf", "q", (1, 0, 2, slice(None)), -math.inf),
+    ("k-plus-inf", "k", (0, 0, 9, 2), math.inf),
+    ("k-minus-inf", "k", (1, 0, 4, 0), -math.inf),
+    ("v-nan", "v", (0, 0, 7, 1), math.nan),
+    ("v-minus-inf-last-token", "v", (1, 0, -1, 0), -math.inf),
+]
+
+
+def _expected_nan_rows(q, k, v, mask):
+    """(B, Hq, N) bool: rows whose q row, or a k/v row the brute-force mask lets them see, is
+    not finite (every neighbourhood holds its own query, so no row is empty)."""
+    b, hq = q.shape[:2]
+    n = mask.shape[-1]
+    qf, kf, vf = (x.reshape(x.shape[0], x.shape[1], n, -1) for x in (q, k, v))
+    bad_q = ~torch.isfinite(qf).all(-1)
+    bad_kv = (~torch.isfinite(kf).all(-1) | ~torch.isfinite(vf).all(-1)).repeat_interleave(hq // k.shape[1], 1)
+    return bad_q | (mask.expand(b, hq, n, n) & bad_kv[:, :, None, :]).any(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    ("spatial", "ks", "dl", "causal"), [((16,), 5, 1, False), ((16,), 5, 2, True), ((4, 5), 3, 1, (False, True))]
+)
+@pytest.mark.parametrize(("label", "name", "idx", "value"), NON_FINITE, ids=[c[0] for c in NON_FINITE])
+def test_non_finite_input_gives_nan_exactly_in_the_rows_that_see_it(
+    label, name, idx, value, spatial, ks, dl, causal, dtype
+):
+    q, k, v = _inputs(spatial, 2, 1, dtype)
+    inputs = {"q": q, "k": k, "v": v}
+    flat = inputs[name].view(*inputs[name].shape[:2], -1, inputs[name].shape[-1])
+    flat[idx] = value
+    out, lse = SPEC(q, k, v, kernel_size=ks, dilation=dl, is_causal=causal, return_lse=True, backend="numba")
+    mask = brute_force_mask(NeighborhoodParams(ks, dl), tuple(q.shape), tuple(k.shape), causal)
+    want_nan = _expected_nan_rows(q, k, v, mask)
+    b, hq, n = want_nan.shape
+    got, got_lse = out.reshape(b, hq, n, -1), lse.reshape(b, hq, n)
+    assert want_nan.any() and not want_nan.all()
+    assert torch.isnan(got[want_nan]).all() and torch.isnan(got_lse[want_nan]).all()
+    assert torch.isfinite(got[~want_nan]).all() and torch.isfinite(got_lse[~want_nan]).all()
+    # The other rows equal dense attention over zeroed non-finite rows: they never read them.
+    clean = [torch.where(torch.isfinite(x).all(-1, keepdim=True), x, 0.0) for x in (q, k, v)]
+    want, want_lse = _masked_dense(*clean, ks, dl, causal, q.shape[-1] ** -0.5)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(got[~want_nan].double(), want.reshape(b, hq, n, -1)[~want_nan], atol=tol, rtol=0)
+    torch.testing.assert_close(got_lse[~want_nan].double(), want_lse.reshape(b, hq, n)[~want_nan], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("kind", ["random", "plus-inf", "minus-inf"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_logits_overflowing_float32_give_nan_not_a_finite_answer(kind, causal):
+    # Finite float32 inputs near 1e20: (q * scale) . k overflows float32 (the supported range is
+    # "logits finite in the working dtype"), and every row must say so with NaN.
+    q, k, v = _inputs((24,), 2, 2, torch.float32)
+    if kind == "random":
+        q, k = q * 1e20, k * 1e20
+    else:
+        q, k = torch.full_like(q, 1e20), torch.full_like(k, 1e20 if kind == "plus-inf" else -1e20)
+    out, lse = SPEC(q, k, v, kernel_size=5, is_causal=causal, return_lse=True, backend="numba")
+    assert torch.isnan(out).all() and torch.isnan(lse).all()

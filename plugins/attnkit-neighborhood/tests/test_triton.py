@@ -139,3 +139,38 @@ def test_can_run_reports_missing_triton(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
     assert "triton is not installed" in gpu.TRITON.can_run(_call())
+
+
+@pytest.mark.parametrize(
+    ("name", "idx", "value"),
+    [("q", (0, 1, 6, 3), float("nan")), ("k", (0, 0, 9, 2), float("inf")), ("v", (0, 0, 19, 1), float("-inf"))],
+    ids=["q-nan", "k-inf", "v-minus-inf-last-token"],
+)
+def test_non_finite_input_gives_nan_exactly_in_the_rows_that_see_it(name, idx, value):
+    # attnkit's rule: NaN (out and LSE) in the rows whose q row or an allowed k/v row is not
+    # finite; the other rows are dense attention over the finite rows, untouched.
+    q, k, v = _inputs((1, 2, 20, 16), 1, 16)
+    {"q": q, "k": k, "v": v}[name][idx] = value
+    params = NeighborhoodParams(5, 1)
+    out, lse = attnkit.get_spec("neighborhood")(
+        q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), kernel_size=5, is_causal=True, return_lse=True, backend="triton"
+    )
+    mask = brute_force_mask(params, tuple(q.shape), tuple(k.shape), True)
+    bad_q = ~torch.isfinite(q).all(-1)
+    bad_kv = (~torch.isfinite(k).all(-1) | ~torch.isfinite(v).all(-1)).expand(-1, 2, -1)
+    want_nan = bad_q | (mask & bad_kv[:, :, None, :]).any(-1)
+    out, lse = out.cpu(), lse.cpu()
+    assert want_nan.any() and not want_nan.all()
+    assert torch.isnan(out[want_nan]).all() and torch.isnan(lse[want_nan]).all()
+    clean = [torch.where(torch.isfinite(x).all(-1, keepdim=True), x, 0.0) for x in (q, k, v)]
+    want, want_lse = _oracle(*clean, params, True, 16**-0.5)
+    torch.testing.assert_close(out[~want_nan].double(), want[~want_nan], atol=ATOL, rtol=0)
+    torch.testing.assert_close(lse[~want_nan].double(), want_lse[~want_nan], atol=ATOL, rtol=ATOL)
+
+
+def test_logits_overflowing_float32_give_nan_rows():
+    q = torch.full((1, 2, 20, 16), 1e20)
+    out, lse = attnkit.get_spec("neighborhood")(
+        q.to(DEVICE), -q.to(DEVICE), q.to(DEVICE), kernel_size=5, return_lse=True, backend="triton"
+    )
+    assert torch.isnan(out).all() and torch.isnan(lse).all()

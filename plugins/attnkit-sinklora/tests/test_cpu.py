@@ -12,6 +12,7 @@ from _sinklora_oracle import dense_oracle, inputs
 
 from attnkit.registry import CallInfo, choose
 from attnkit_sinklora import SF_ATTN, cpu
+from attnkit_sinklora.masks import brute_force_mask
 from attnkit_sinklora.params import SFAttnParams
 
 # (q shape (B, Hq, T, D), Hkv, params)
@@ -92,3 +93,58 @@ def test_group_bounds_partition_the_sequence(t: int, g: int, shift: int) -> None
     assert all(a < b for a, b in bounds) and all(b == c for (_, b), (c, _) in itertools.pairwise(bounds))
     for s, e in bounds:
         assert len({(p + shift) // g for p in range(s, e)}) == 1
+
+
+# Non-finite input (attnkit's rule, docs/user-guide.md): NaN rows (and LSE) exactly where the q
+# row or an allowed k/v row is not finite; the other rows never read them.
+NON_FINITE = [
+    ("q-nan", "q", (0, 1, 6, 3), float("nan")),
+    ("q-row-minus-inf", "q", (1, 0, 2, slice(None)), float("-inf")),
+    ("k-plus-inf-sink", "k", (0, 0, 1, 2), float("inf")),
+    ("k-minus-inf", "k", (1, 0, 9, 0), float("-inf")),
+    ("v-nan", "v", (0, 0, 13, 1), float("nan")),
+    ("v-minus-inf-last-token", "v", (1, 0, 16, 0), float("-inf")),
+]
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", ["default", "shifted-gqa-split"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("label", "name", "idx", "value"), NON_FINITE, ids=[c[0] for c in NON_FINITE])
+def test_non_finite_input_gives_nan_exactly_in_the_rows_that_see_it(
+    small_tiles: None, label: str, name: str, idx: tuple, value: float, causal: bool, case: str, dtype, backend: str
+) -> None:
+    shape, hkv, kw = CASES[case]
+    shape = (2, shape[1], 17, shape[3])
+    q, k, v = inputs(shape, hkv, dtype=dtype)
+    {"q": q, "k": k, "v": v}[name][idx] = value
+    out, lse = SF_ATTN(q, k, v, backend=backend, is_causal=causal, return_lse=True, **kw)
+    params = SFAttnParams(**kw)
+    mask = brute_force_mask(params, tuple(q.shape), tuple(k.shape), causal)
+    g = shape[1] // hkv
+    bad_q = ~torch.isfinite(q).all(-1)
+    bad_kv = (~torch.isfinite(k).all(-1) | ~torch.isfinite(v).all(-1)).repeat_interleave(g, 1)
+    want_nan = bad_q | (mask & bad_kv[:, :, None, :]).any(-1)
+    assert want_nan.any() and not want_nan.all()
+    assert torch.isnan(out[want_nan]).all() and torch.isnan(lse[want_nan]).all()
+    assert torch.isfinite(out[~want_nan]).all() and torch.isfinite(lse[~want_nan]).all()
+    clean = [torch.where(torch.isfinite(x).all(-1, keepdim=True), x, 0.0) for x in (q, k, v)]
+    want, want_lse = dense_oracle(*clean, params, causal, shape[-1] ** -0.5)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out[~want_nan].double(), want[~want_nan], atol=tol, rtol=tol)
+    torch.testing.assert_close(lse[~want_nan].double(), want_lse[~want_nan], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("kind", ["random", "plus-inf", "minus-inf"])
+def test_logits_overflowing_float32_give_nan_not_a_finite_answer(backend: str, kind: str) -> None:
+    # Finite float32 inputs near 1e20: the logits overflow float32 (the supported range is
+    # "logits finite in the working dtype"), and every row must say so with NaN.
+    q, k, v = inputs((1, 2, 40, 8), 2, dtype=torch.float32)
+    if kind == "random":
+        q, k = q * 1e20, k * 1e20
+    else:
+        q, k = torch.full_like(q, 1e20), torch.full_like(k, 1e20 if kind == "plus-inf" else -1e20)
+    out, lse = SF_ATTN(q, k, v, backend=backend, is_causal=True, return_lse=True)
+    assert torch.isnan(out).all() and torch.isnan(lse).all()

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from attnkit_contract.harness import (
     oracle,
     refusal,
     run_backend,
+    spec_mask,
 )
 
 __all__ = [
@@ -564,6 +566,66 @@ def check_fully_masked_rows(spec: AttentionSpec, backend: str, case: ContractCas
     ctx.attempts.done()
 
 
+def check_non_finite(spec: AttentionSpec, backend: str, case: ContractCase | None = None) -> None:
+    """Non-finite input follows attnkit's rule (docs/user-guide.md, "Non-finite input").
+
+    A query row that may attend to at least one key (under the spec's brute-force mask,
+    ``is_causal`` and any ``mask=``) is *poisoned* when its ``q`` row, or the ``k`` or ``v``
+    row of a key it may attend to, holds a NaN or an infinity, or when its logits overflow
+    the working dtype (float32 below float64). A poisoned row is NaN in every entry, and so is
+    its LSE; every other row is finite and matches the float64 oracle, so a non-finite key or
+    value a row may not attend to has no effect on it; a row with nothing to attend to is
+    zeros with ``lse = -inf`` whatever its ``q``.
+
+    Cases, causal or not, float64 and float32 (two per run, one in each batch entry): NaN in
+    one ``q`` entry, a ``q`` row of ``-inf``, NaN / ``+inf`` / ``-inf`` in one ``k`` entry, NaN
+    / ``+inf`` / ``-inf`` in one ``v`` entry (the last key: causally, only the last query sees
+    it), finite inputs whose logits all overflow to ``+inf`` and to ``-inf``, and, for backends
+    with ``supports_mask``, an explicit mask with an empty row whose ``q`` is NaN. Rows
+    expected NaN are derived from the injected positions and the brute-force mask, not from a
+    backend.
+    """
+    ctx = _ctx(spec, backend, case)
+    hq, hkv = _heads(spec)
+    t, d = 13, 16  # the shape of check_matches_reference: compiled backends reuse its graph
+    q_shape = (2, hq, t, d)
+    params = _params(spec, t)[0]
+    b = spec.backend(backend)
+    lse_wanted = b.supports_lse
+    for causal in _causal_options(spec):
+        for name in ("float64", "float32"):
+            dtype = DTYPES[name]
+            for label, inject in _non_finite_cases(hq, hkv, t, dtype):
+                q, k, v = make_qkv(q_shape, hkv, dtype=dtype, device=ctx.case.device, seed=ctx.case.seed)
+                overflow = inject(q, k, v)
+                mask = None
+                if label == "explicit mask":
+                    if not b.supports_mask:
+                        continue
+                    mask = _mask_with_empty_row(t, ctx.case.device)
+                try:
+                    with warnings.catch_warnings():  # invalid-value warnings are the point here
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        res = run_backend(
+                            spec, backend, q, k, v, params=params, is_causal=causal, mask=mask, return_lse=lse_wanted
+                        )
+                except Refused as exc:
+                    ctx.attempts.refused(name, str(exc))
+                    continue
+                out, lse = res if lse_wanted else (res, None)
+                where = f"{ctx.label} {label} ({_describe(q_shape, hkv, dtype, params, causal)})"
+                has_key, poisoned = _expected_poison(ctx, q, k, v, params, causal, mask, overflow)
+                if overflow and poisoned is None:
+                    continue  # no brute-force mask to say which rows have keys
+                if not overflow:
+                    want = _oracle(ctx, q, k, v, params=params, is_causal=causal, mask=mask, return_lse=lse_wanted)
+                else:  # the float64 oracle does not overflow where float32 does: nothing to compare
+                    want = None
+                _assert_non_finite_rows(ctx, where, dtype, out, lse, want, has_key, poisoned, lse_wanted)
+                ctx.attempts.ran += 1
+    ctx.attempts.done()
+
+
 def check_non_contiguous(spec: AttentionSpec, backend: str, case: ContractCase | None = None) -> None:
     """Transposed views, strided views (gaps filled with NaN, so reading them shows) and
     ``layout="bthd"`` give the oracle's result."""
@@ -826,6 +888,155 @@ def _invalid_values(f: dataclasses.Field[Any]) -> list[Any]:
     return ["x"]
 
 
+def _non_finite_cases(
+    hq: int, hkv: int, t: int, dtype: torch.dtype
+) -> list[tuple[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], bool]]]:
+    """``(label, inject)`` pairs of :func:`check_non_finite`: ``inject(q, k, v)`` edits the
+    inputs in place and returns whether the case is an overflow of finite inputs."""
+    nan, inf = float("nan"), float("inf")
+    hk = hkv - 1
+    # Entries whose logits overflow the working dtype: (q * scale) . k ~ D * c**2 / sqrt(D).
+    big = 1e160 if dtype == torch.float64 else 1e20
+
+    def at(*edits: tuple[str, tuple[Any, ...], float]) -> Callable[..., bool]:
+        # One edit per batch entry: batch entries are independent, so one run checks two.
+        def inject(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+            for x_name, idx, value in edits:
+                {"q": q, "k": k, "v": v}[x_name][idx] = value
+            return False
+
+        return inject
+
+    def overflow(sign: float) -> Callable[..., bool]:
+        def inject(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+            q.fill_(big)
+            k.fill_(sign * big)
+            return True
+
+        return inject
+
+    def masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+        q[0, 0, 5, 1] = nan  # query 5 of batch 0 has an empty mask row: zeros, not NaN
+        v[1, hk, 2, 0] = nan  # key 2 of batch 1: masked for some rows
+        return False
+
+    return [
+        (
+            "NaN in one q entry / a q row of -inf",
+            at(("q", (0, hq - 1, 6, 3), nan), ("q", (1, 0, 2, slice(None)), -inf)),
+        ),
+        ("+inf / NaN in one k entry", at(("k", (0, hk, 4, 2), inf), ("k", (1, hk, 9, 0), nan))),
+        ("-inf in one k entry / +inf in one v entry", at(("k", (0, 0, 7, 5), -inf), ("v", (1, 0, 3, 3), inf))),
+        # the last key: causally, only the last query sees it
+        (
+            "-inf in the last key's v / NaN in one v entry",
+            at(("v", (0, hk, t - 1, 0), -inf), ("v", (1, hk, 8, 1), nan)),
+        ),
+        ("logits overflowing to +inf", overflow(1.0)),
+        ("logits overflowing to -inf", overflow(-1.0)),
+        ("explicit mask", masked),
+    ]
+
+
+def _mask_with_empty_row(t: int, device: str | torch.device) -> torch.Tensor:
+    """``(2, 1, T, T)``: a random mask, query 5 of batch 0 with no key, key 2 of batch 1
+    masked for every other query."""
+    gen = torch.Generator().manual_seed(11)
+    mask = torch.rand((2, 1, t, t), generator=gen) < 0.6
+    mask[:, :, torch.arange(t), torch.arange(t)] = True
+    mask[0, 0, 5] = False
+    mask[1, 0, 1::2, 2] = False
+    return mask.to(device)
+
+
+def _expected_poison(
+    ctx: _Ctx,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    params: Mapping[str, Any],
+    causal: Any,
+    mask: torch.Tensor | None,
+    overflow: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(has_key, poisoned)``, both ``(B, Hq, T)`` bool, from the injected inputs and the
+    spec's brute-force mask (``(None, None)`` for a spec without one: the oracle decides)."""
+    if ctx.spec.mask is None:
+        return None, None
+    b, hq, t = q.shape[0], q.shape[1], q.shape[2]
+    g = hq // k.shape[1]
+    allowed = spec_mask(ctx.spec, ctx.spec.make_params(**params), tuple(q.shape), tuple(k.shape), causal)
+    allowed = allowed.to(torch.bool).to("cpu").expand(b, hq, t, k.shape[2])
+    if mask is not None:
+        allowed = allowed & mask.to("cpu")
+    has_key = allowed.any(dim=-1)
+    if overflow:
+        return has_key, has_key
+    bad_q = ~torch.isfinite(q.cpu()).all(dim=-1)
+    bad_kv = ~(torch.isfinite(k.cpu()).all(dim=-1) & torch.isfinite(v.cpu()).all(dim=-1))
+    sees_bad = (allowed & bad_kv.repeat_interleave(g, dim=1)[:, :, None, :]).any(dim=-1)
+    return has_key, has_key & (bad_q | sees_bad)
+
+
+def _assert_non_finite_rows(
+    ctx: _Ctx,
+    where: str,
+    dtype: torch.dtype,
+    out: torch.Tensor,
+    lse: torch.Tensor | None,
+    want: Any,
+    has_key: torch.Tensor | None,
+    poisoned: torch.Tensor | None,
+    lse_wanted: bool,
+) -> None:
+    """NaN rows (and LSE) exactly where ``poisoned``, zeros (``lse = -inf``) where there is no
+    key, the oracle's values everywhere else."""
+    want_out, want_lse = (want if lse_wanted else (want, None)) if want is not None else (None, None)
+    if poisoned is None:  # no brute-force mask: the oracle's NaN rows are the expectation
+        assert want_out is not None
+        poisoned = torch.isnan(want_out).any(dim=-1).cpu()
+        no_key = (want_lse == float("-inf")).cpu() if want_lse is not None else torch.zeros_like(poisoned)
+        has_key = ~no_key
+    assert has_key is not None
+    got = out.detach().cpu()
+    nan_rows = torch.isnan(got).all(dim=-1)
+    finite_rows = torch.isfinite(got).all(dim=-1)
+    empty = ~has_key
+
+    def show(x: torch.Tensor, idx: list[int]) -> Any:
+        return x[tuple(idx)][:4].tolist() if x.dim() > len(idx) else float(x[tuple(idx)])
+
+    problems = []
+    for idx in torch.nonzero(poisoned & ~nan_rows).tolist()[:3]:
+        problems.append(f"row (batch, head, query) {tuple(idx)} must be NaN in every entry, got {show(got, idx)}")
+    for idx in torch.nonzero(~poisoned & ~finite_rows).tolist()[:3]:
+        problems.append(f"row {tuple(idx)} may not attend to any non-finite input but is not finite: {show(got, idx)}")
+    for idx in torch.nonzero(empty & ~(got == 0).all(dim=-1)).tolist()[:3]:
+        problems.append(f"row {tuple(idx)} has nothing to attend to and must be zeros, got {show(got, idx)}")
+    if lse is not None:
+        gl = lse.detach().cpu().to(torch.float64)
+        for idx in torch.nonzero(poisoned & ~torch.isnan(gl)).tolist()[:3]:
+            problems.append(f"lse of poisoned row {tuple(idx)} must be NaN, got {show(gl, idx)!r}")
+        for idx in torch.nonzero(empty & ~(gl == float("-inf"))).tolist()[:3]:
+            problems.append(f"lse of empty row {tuple(idx)} must be -inf, got {show(gl, idx)!r}")
+        for idx in torch.nonzero(~poisoned & has_key & ~torch.isfinite(gl)).tolist()[:3]:
+            problems.append(f"lse of row {tuple(idx)} must be finite, got {show(gl, idx)!r}")
+    if problems:
+        n_bad = int((poisoned & ~nan_rows).sum() + (~poisoned & ~finite_rows).sum())
+        raise AssertionError(
+            f"{where}: {n_bad} rows break the non-finite rule (NaN exactly in the rows that may attend to a "
+            "non-finite q/k/v or whose logits overflow, zeros where nothing may be attended to):\n  "
+            + "\n  ".join(problems)
+        )
+    if want_out is None:
+        return
+    atol, rtol = ctx.case.tolerance(dtype)
+    keep = ~poisoned
+    assert_close(got[keep], want_out.detach().cpu()[keep], atol, rtol, f"{where}: rows without non-finite input")
+    if lse is not None and want_lse is not None:
+        assert_close(lse.detach().cpu()[keep], want_lse.detach().cpu()[keep], atol, rtol, f"{where}: their lse")
+
+
 def _refusal_for_export(ctx: _Ctx, params: Mapping[str, Any]) -> str | None:
     return refusal(ctx.spec, ctx.backend, q_shape=(1, 2, 16, 8), dtype=torch.float32, device="cpu", params=params)
 
@@ -851,6 +1062,7 @@ ATTENTION_CHECKS: Mapping[str, CheckFn] = {
         check_deterministic,
         check_large_logits,
         check_fully_masked_rows,
+        check_non_finite,
         check_non_contiguous,
         check_return_lse,
         check_bad_inputs,

@@ -13,6 +13,7 @@ tensor during its forward pass (or leaves it ``None``); :func:`aux_loss` sums th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,12 @@ class ModuleConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModuleConfig.{name} must be a positive int, got {value!r}")
+        for name in ("causal", "bias"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(
+                    f"ModuleConfig.{name} must be a bool (True or False), got {type(value).__name__} {value!r}"
+                )
         if self.kv_heads is None:
             object.__setattr__(self, "kv_heads", self.heads)
         if self.head_dim is None:
@@ -112,7 +119,20 @@ class MultiHeadAttention(nn.Module):
         self.aux_loss: torch.Tensor | None = None
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project ``x (B, T, E)`` to ``q (B, Hq, T, D)``, ``k, v (B, Hkv, T, D)``."""
+        """Project ``x (B, T, E)`` to ``q (B, Hq, T, D)``, ``k, v (B, Hkv, T, D)``.
+
+        :raises TypeError: ``x`` is not a tensor, or its dtype is not the weights' dtype
+            outside ``torch.autocast`` (cast one of them: ``module.double()`` or ``x.float()``).
+        :raises ValueError: ``x`` is not ``(B, T, E)``.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor (B, T, E), got {type(x).__name__}")
+        weight_dtype = self.q_proj.weight.dtype
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype} but the module's weights are {weight_dtype}; "
+                f"cast x (x.to({weight_dtype})) or the module (module.to({x.dtype}))"
+            )
         if x.dim() != 3 or x.shape[-1] != self.config.dim:
             raise ValueError(f"x must have shape (B, T, E={self.config.dim}), got {tuple(x.shape)}")
         b, t, _ = x.shape
@@ -132,16 +152,35 @@ class MultiHeadAttention(nn.Module):
         return self.o_proj(z.transpose(1, 2).reshape(b, t, -1))
 
 
-def build_module(spec: Any, config: ModuleConfig, **params: Any) -> nn.Module:
+def build_module(
+    spec: Any, config: ModuleConfig | Mapping[str, Any], params: Mapping[str, Any] | None = None, **kwargs: Any
+) -> nn.Module:
     """Build an attention module from a module spec, or from a kernel spec via
     :class:`MultiHeadAttention`.
 
     :param spec: a spec object or name; a kernel spec's ``params`` are the kernel's.
-    :param config: the module's sizes.
+    :param config: the module's sizes: a :class:`ModuleConfig`, or a mapping of its fields
+        (``{"dim": 64, "heads": 4}``).
+    :param params: the spec's parameters as a mapping; keyword arguments are merged into it
+        (``build_module("mha", cfg, {"kernel": "dense"})`` or ``build_module("mha", cfg,
+        kernel="dense")``).
+    :raises TypeError: ``config`` or ``params`` of another type, naming what is expected.
     """
     from attnkit import get_spec
     from attnkit.registry import AttentionModuleSpec, AttentionSpec, resolve
 
+    if isinstance(config, Mapping):
+        config = ModuleConfig(**config)
+    elif not isinstance(config, ModuleConfig):
+        raise TypeError(
+            f"build_module: config must be a ModuleConfig or a mapping of its fields (dim, heads, ...), "
+            f"got {type(config).__name__}"
+        )
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError(
+            f"build_module: params must be a mapping of parameter names to values, got {type(params).__name__}"
+        )
+    params = {**(params or {}), **kwargs}
     if isinstance(spec, str):
         spec = get_spec(spec)
     if isinstance(spec, AttentionSpec):

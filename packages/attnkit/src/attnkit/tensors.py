@@ -15,17 +15,24 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DTYPES",
     "QKVShapes",
+    "check_bool",
     "check_is_causal",
     "check_mask",
     "check_qkv",
     "check_scale",
     "from_canonical",
+    "logit_bound",
     "lse_from_canonical",
+    "non_finite_rows",
+    "surely_in_range",
     "to_canonical",
 ]
 
 LAYOUTS = ("bhtd", "bthd")
+#: The dtype names attention inputs may have (float8, complex and integer tensors are refused).
+DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,8 @@ def check_qkv(
     :param spatial_dims: allowed numbers of token axes (``(1,)`` means ``(B, H, T, D)``).
     :param allow_gqa: whether ``Hq`` may be a multiple of ``Hkv`` rather than equal.
     :param same_spatial: require the query and key token axes to be equal (self-attention).
-    :raises TypeError: a non-tensor or non-floating input, or mixed dtypes.
+    :raises TypeError: a non-tensor input, a dtype other than float16 / bfloat16 / float32 /
+        float64 (integer, complex, float8), a tensor on the meta device, or mixed dtypes.
     :raises ValueError: sizes that do not fit together; the message names them.
     """
     import torch
@@ -116,6 +124,13 @@ def check_qkv(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if str(x.dtype).removeprefix("torch.") not in DTYPES:
+            raise TypeError(
+                f"{name} has dtype {x.dtype}; attention inputs must be float16, bfloat16, float32 or float64 "
+                "(cast float8 tensors up first)"
+            )
+        if x.device.type == "meta":
+            raise TypeError(f"{name} is on the meta device (a tensor without data); attention needs real tensors")
     allowed_ndim = sorted(3 + s for s in spatial_dims)
     if q.dim() not in allowed_ndim:
         forms = " or ".join(
@@ -183,6 +198,14 @@ def check_is_causal(is_causal: object, *, n_axes: int = 1, supported: bool = Tru
     return is_causal
 
 
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a bool; raise ``TypeError`` naming ``name`` otherwise (so
+    ``return_lse="no"`` is not taken as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_scale(scale: object, head_dim: int) -> float:
     """Return the softmax scale: ``scale`` if given (finite, non-zero), else ``head_dim ** -0.5``."""
     if scale is None:
@@ -221,3 +244,77 @@ def check_mask(mask: object, shapes: QKVShapes) -> torch.Tensor:
     if mask.shape[1] not in (1, shapes.q_heads):
         raise ValueError(f"mask head axis must be 1 or Hq={shapes.q_heads}, got {mask.shape[1]}")
     return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite input (see "Non-finite input" in docs/user-guide.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def non_finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """``(..., T)`` bool: True for each row of ``x (..., T, D)`` holding a NaN or an infinity.
+
+    Traceable (no data-dependent branch), so ONNX formulations use it too.
+    """
+    import torch
+
+    return ~torch.isfinite(x).all(dim=-1)
+
+
+def logit_bound(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
+    """``(bound, limit)``: ``bound (B, Hq, Tq)`` bounds every ``|logit|`` (and partial sum)
+    of each query row, ``D * max|q_i| * max|k| * |scale|`` over the row's key/value head, and
+    ``limit`` is half the largest value of the working dtype (float32 below float64). Where
+    ``bound < limit`` no logit can overflow; NaN or infinite input gives a NaN or infinite bound.
+
+    :param q: ``(B, Hq, Tq, D)``; ``k`` ``(B, Hkv, Tk, D)``.
+    """
+    import torch
+
+    wd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qmax = q.detach().abs().amax(dim=-1).to(wd)  # (B, Hq, Tq)
+    kmax = k.detach().abs().amax(dim=(-1, -2)).to(wd)  # (B, Hkv)
+    g = q.shape[1] // k.shape[1]
+    kmax = kmax.repeat_interleave(g, dim=1) if g > 1 else kmax
+    return qmax * kmax[..., None] * (abs(scale) * q.shape[-1]), torch.finfo(wd).max / 2
+
+
+def surely_in_range(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> bool:
+    """True when ``q``, ``k``, ``v`` are known to be finite and no logit can overflow, from a
+    check that costs no host sync: the fast-path test of backends that handle non-finite or
+    out-of-range input separately.
+
+    On CPU, outside ``torch.compile`` / export: ``max|q|``, ``max|k|`` (they keep NaN and
+    infinities) and the sum of ``v`` (NaN and infinities survive summation) decide, with the
+    bound of :func:`logit_bound`. False means "not known": some entry is not finite, the
+    logits might overflow, a sum of finite values overflowed, the tensors are on another
+    device, or the call is being traced (where a data-dependent branch would add a host sync
+    or break the graph); callers then take their exact, branch-free path.
+    """
+    import torch
+
+    if any(x.device.type != "cpu" for x in (q, k, v)) or _tracing():
+        return False
+    wd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    # One pass per tensor and no copies (a few microseconds count when decoding one token):
+    # aminmax for q and k (NaN and infinities come through), a sum for v; Python floats after.
+    q_lo, q_hi = torch.aminmax(q.detach())
+    k_lo, k_hi = torch.aminmax(k.detach())
+    v_sum = v.detach().sum(dtype=wd).item()
+    qmax = max(-float(q_lo), float(q_hi))  # NaN stays NaN: max() keeps its first argument
+    kmax = max(-float(k_lo), float(k_hi))
+    bound = qmax * kmax * (abs(scale) * q.shape[-1])
+    return math.isfinite(v_sum) and bound < torch.finfo(wd).max / 2  # NaN < x is False
+
+
+def _tracing() -> bool:
+    import torch
+
+    try:
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return True
+    except AttributeError:  # torch < 2.6 has no is_exporting
+        if torch.compiler.is_compiling():
+            return True
+    onnx_check = getattr(torch.onnx, "is_in_onnx_export", None)
+    return bool(onnx_check and onnx_check())

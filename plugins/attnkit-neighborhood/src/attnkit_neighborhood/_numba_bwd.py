@@ -11,6 +11,10 @@ Two passes avoid write races without per-thread copies of dK/dV:
   tile's queries again form a dense block (ordered ``(y, head, x, z)`` so that the queries
   seeing one key row are a contiguous slice across the ``G`` query heads of the kv head).
 
+Non-finite input: the backward does not repeat the forward's checks (gradients of rows the
+non-finite rule made NaN are not specified); for finite input it is unchanged, and
+:func:`~attnkit.kernels.numba_exp.exp_into` keeps a NaN from the saved LSE a NaN.
+
 Shape legend as in :mod:`attnkit_neighborhood._numba_fwd`; ``do (B, Hq, N, Dv)``,
 ``lse``/``delta (B, Hq, N)``.
 """

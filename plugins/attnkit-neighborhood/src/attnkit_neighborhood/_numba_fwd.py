@@ -13,6 +13,11 @@ gives ``P @ V``. The query heads that share a kv head are stacked into the same 
 Shape legend: ``q (B, Hq, N, D)``, ``k (B, Hkv, N, D)``, ``v (B, Hkv, N, Dv)``,
 ``G = Hq // Hkv``; per axis ``ws``/``wl`` are the first key (original coordinate) and the
 number of keys of each query's window, with stride = the dilation of that axis.
+
+Non-finite input (attnkit's rule, :mod:`attnkit.reference.dense`): keys and values are
+checked while they are gathered (:func:`gather_kv`); a non-finite query row needs nothing
+extra, as its logits are all NaN or infinite and the softmax (``m``, then the NaN-keeping
+:func:`~attnkit.kernels.numba_exp.exp_into`) turns them into a NaN row.
 """
 
 from __future__ import annotations
@@ -49,6 +54,40 @@ def gather_rows(src, dst, row0, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz, sca
                 r += 1
 
 
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def gather_kv(k, v, kb, vb, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz):  # type: ignore[no-untyped-def]
+    """``gather_rows`` of ``k (N, D)`` into ``kb`` and ``v (N, Dv)`` into ``vb`` at once (no
+    scale), applying attnkit's non-finite rule on the way: a key whose ``k`` or ``v`` row holds
+    a NaN or an infinity gets a NaN row in ``kb`` (so every query whose window holds it gets
+    NaN logits, hence a NaN row) and a zero row in ``vb`` (so ``P @ V`` carries nothing of it
+    to the queries that mask it). The test is one multiply-add per element copied."""
+    d = k.shape[1]
+    dv = v.shape[1]
+    zero = k.dtype.type(0.0)
+    r = 0
+    for iy in range(yl):
+        yk = ys + iy * dy
+        for ix in range(xl):
+            base = ((xs + ix * dx) * ny + yk) * nz + zlo
+            for c in range(lz):
+                srow = base + c * dz
+                acc = zero  # x * 0 is NaN for NaN and infinities, 0 otherwise
+                for e in range(d):
+                    x = k[srow, e]
+                    kb[r, e] = x
+                    acc += x * zero
+                for e in range(dv):
+                    x = v[srow, e]
+                    vb[r, e] = x
+                    acc += x * zero
+                if acc != zero:
+                    for e in range(d):
+                        kb[r, e] = np.nan
+                    for e in range(dv):
+                        vb[r, e] = zero
+                r += 1
+
+
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
 def forward(q, k, v, out, lse, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy, wly, wsz, wlz, tx, ty, tny, tz, tnz):  # type: ignore[no-untyped-def]
     """Write ``out (B, Hq, N, Dv)`` and ``lse (B, Hq, N)`` for every query tile."""
@@ -57,7 +96,6 @@ def forward(q, k, v, out, lse, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy, wly, ws
     dv = v.shape[3]
     g_sz = hq // hkv
     n_tiles = tx.shape[0]
-    one = q.dtype.type(1.0)
     for w in prange(b_sz * hkv * n_tiles):
         b = w // (hkv * n_tiles)
         hk = (w // n_tiles) % hkv
@@ -68,8 +106,7 @@ def forward(q, k, v, out, lse, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy, wly, ws
         zlo, lz = tile_span(wsz, wlz, z0, n, dz)
         kb = np.empty((ly * xl * lz, d), q.dtype)
         vb = np.empty((ly * xl * lz, dv), q.dtype)
-        gather_rows(k[b, hk], kb, 0, xs, xl, dx, ylo, ly, dy, zlo, lz, dz, ny, nz, one)
-        gather_rows(v[b, hk], vb, 0, xs, xl, dx, ylo, ly, dy, zlo, lz, dz, ny, nz, one)
+        gather_kv(k[b, hk], v[b, hk], kb, vb, xs, xl, dx, ylo, ly, dy, zlo, lz, dz, ny, nz)
         rows = g_sz * n
         qb = np.empty((rows, d), q.dtype)
         ob = np.empty((rows, dv), q.dtype)
@@ -109,7 +146,9 @@ def forward(q, k, v, out, lse, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy, wly, ws
                         total += srow[c]
                     for c in range(c0 + off + cnt, c0 + lz):
                         srow[c] = 0.0
-                # total >= 1: the row's maximum contributes exp(0); normalise after P @ V
+                # total >= 1: the row's maximum contributes exp(0); normalise after P @ V.
+                # A NaN or infinite logit in the window (a non-finite query or key, or logits
+                # that overflowed) makes m or an exp NaN, so total, lse and the row are NaN.
                 inv[r] = 1.0 / total
                 lse[b, hk * g_sz + r // n, (x * ny + y) * nz + zq] = m + np.log(total)
             np.dot(s, vb[first : first + n_keys], ob)

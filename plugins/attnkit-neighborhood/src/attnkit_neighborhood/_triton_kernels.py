@@ -9,6 +9,13 @@ A program takes a tile of consecutive flattened queries (or keys), bounds the fl
 (or query) span that its windows can touch, and walks that span in blocks with ``tl.dot``,
 masking each (query, key) pair with the exact per-axis neighbourhood rule.
 
+Non-finite input (attnkit's rule, :mod:`attnkit.reference.dense`): the forward adds
+``rowsum(x * 0)`` of its q tile and of each k/v block to the logits (0 for finite rows, NaN
+otherwise), so a query whose row or an allowed key/value row is not finite gets NaN logits and
+so a NaN row and LSE, and zeroes the non-finite value rows, so ``P @ V`` carries nothing of
+them to queries that mask them. The backward kernels do not repeat this: gradients of
+poisoned rows are not specified.
+
 Shape legend: ``q (B, Hq, N, D)``, ``k (B, Hkv, N, D)``, ``v (B, Hkv, N, Dv)``,
 ``lse (B, Hq, N)`` float32, ``G = Hq // Hkv``.
 """
@@ -231,6 +238,8 @@ def na_fwd_kernel(
         mask=m_ok[:, None] & (offs_d < D)[None, :],
         other=0.0,
     )
+    # 0 for finite query rows, NaN for the others (x * 0 is NaN for NaN and infinities).
+    q_bad = tl.sum((q * 0.0).to(tl.float32), axis=1)
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
 
@@ -247,7 +256,14 @@ def na_fwd_kernel(
             mask=n_ok[None, :] & (offs_d < D)[:, None],
             other=0.0,
         )  # (BLOCK_D, BLOCK_N)
-        s = tl.dot(q, k, input_precision=PRECISION) * scale
+        v = tl.load(
+            v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+            mask=n_ok[:, None] & (offs_dv < DV)[None, :],
+            other=0.0,
+        )
+        kv_bad = tl.sum((k * 0.0).to(tl.float32), axis=0) + tl.sum((v * 0.0).to(tl.float32), axis=1)
+        v = tl.where((kv_bad == 0.0)[:, None], v, 0.0)
+        s = tl.dot(q, k, input_precision=PRECISION) * scale + q_bad[:, None] + kv_bad[None, :]
         allowed = _pair_mask(offs_m, offs_n, N, X, Y, Z, KX, KY, KZ, DX, DY, DZ, CX, CY, CZ)
         s = tl.where(allowed, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -256,22 +272,19 @@ def na_fwd_kernel(
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-            mask=n_ok[:, None] & (offs_dv < DV)[None, :],
-            other=0.0,
-        )
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
-    # Every window holds its own query, so l_i > 0 for every real row.
+    # Every window holds its own query, so l_i > 0 for every real row unless its logits
+    # overflowed to -inf (0 / 0 = NaN here, and NaN for the LSE); a NaN logit made l_i NaN.
     out = acc / l_i[:, None]
     tl.store(
         OUT + b * sob + h * soh + offs_m[:, None] * son + offs_dv[None, :] * sod,
         out.to(OUT.dtype.element_ty),
         mask=m_ok[:, None] & (offs_dv < DV)[None, :],
     )
-    tl.store(LSE + b * slb + h * slh + offs_m * sln, m_i + tl.log(l_i), mask=m_ok)
+    lse = tl.where(l_i > 0, m_i + tl.log(l_i), float("nan"))
+    tl.store(LSE + b * slb + h * slh + offs_m * sln, lse, mask=m_ok)
 
 
 @triton.jit

@@ -202,5 +202,7 @@ def _backward(
 
 #: The numba backend: ``(q, k, v, *, params, is_causal, scale, return_lse)`` with ``q (B, Hq,
 #: *S, D)`` float32/float64, ``k/v (B, Hkv, *S, D|Dv)`` (never expanded to ``Hq`` heads);
-#: returns ``(B, Hq, *S, Dv)`` (and the LSE ``(B, Hq, *S)``), gradients for q, k, v.
-neighborhood_attention = numba_backend(_forward, backward=_backward)
+#: returns ``(B, Hq, *S, Dv)`` (and the LSE ``(B, Hq, *S)``), gradients for q, k, v. The
+#: forward kernel applies the non-finite rule itself (``non_finite="kernel"``: checked while
+#: it gathers keys and values, at no extra pass over the inputs).
+neighborhood_attention = numba_backend(_forward, backward=_backward, non_finite="kernel")

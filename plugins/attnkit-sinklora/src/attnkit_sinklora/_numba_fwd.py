@@ -8,6 +8,12 @@ k/v are read through ``h // (Hq / Hkv)`` and never copied per query head (GQA).
 
 Shape legend: ``q (B, Hq, T, D)``, ``k (B, Hkv, T, D)``, ``v (B, Hkv, T, Dv)``; tiles are
 ``(t0, tn, gs, ge)``: first query, query count, group start and end.
+
+Non-finite input (attnkit's rule, :mod:`attnkit.reference.dense`): the backend's kit guard
+gives non-finite keys a NaN ``k`` row and a zero ``v`` row before the launch
+(``non_finite="keys"``); a NaN logit, and so a non-finite query row, turns the row's softmax
+NaN through the NaN-keeping :func:`~attnkit.kernels.numba_exp.exp_into`, and the masked
+(future) keys of a group only ever meet a probability of exactly 0.
 """
 
 from __future__ import annotations
@@ -79,7 +85,8 @@ def forward(q, k, v, out, lse, scale, n_sink, causal, head_class, class_off, t0s
             for c in range(m_all):
                 m = max(m, row[c])
             total = exp_into(row, row, 0, m_all, m, poly, pow2)
-            # total >= 1 (the row maximum gives exp(0)): normalised after P @ V
+            # total >= 1 (the row maximum gives exp(0)): normalised after P @ V. A NaN or
+            # infinite logit (or all -inf: overflow) makes it NaN, and so lse and the row.
             inv[i] = 1.0 / total
             lse[b, h, t0 + i] = m + np.log(total)
             for c in range(n_a):

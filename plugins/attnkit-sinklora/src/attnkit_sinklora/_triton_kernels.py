@@ -8,6 +8,11 @@ head. It walks the sink keys outside the group, then the group's keys up to the 
 query (causal) or the group's end, in ``BLOCK_N`` blocks with an online softmax: the
 ``(T, T)`` logits are never formed, and k/v are read through ``h // R`` (GQA, no copy).
 
+Non-finite input (attnkit's rule, :mod:`attnkit.reference.dense`): ``rowsum(x * 0)`` of the q
+tile and of each k/v block (0 for finite rows, NaN otherwise) is added to the logits, so a
+query whose row or an allowed key/value row is not finite gets a NaN row and LSE, and
+non-finite value rows are zeroed before ``P @ V``, so queries that mask them never see them.
+
 Shape legend: ``q (B, Hq, T, D)``, ``k (B, Hkv, T, D)``, ``v (B, Hkv, T, Dv)``,
 ``lse (B, Hq, T)`` float32, ``R = Hq // Hkv``; tiles ``(t0, tn, gs, ge)``.
 """
@@ -20,17 +25,24 @@ import triton.language as tl
 
 @triton.jit
 def _block(  # type: ignore[no-untyped-def]
-    q, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV, scale,
-    PRECISION: tl.constexpr,
+    q, q_bad, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV,
+    scale, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One online-softmax step over the keys ``offs_n`` (``col_ok``: ``(N,)`` keys to load,
-    ``key_ok``: ``(M, N)`` pairs allowed)."""
+    ``key_ok``: ``(M, N)`` pairs allowed; ``q_bad``: 0, or NaN for non-finite query rows)."""
     k = tl.load(
         k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
         mask=col_ok[None, :] & (offs_d < D)[:, None],
         other=0.0,
     )  # (BLOCK_D, BLOCK_N)
-    s = tl.dot(q, k, input_precision=PRECISION) * scale
+    v = tl.load(
+        v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+        mask=col_ok[:, None] & (offs_dv < DV)[None, :],
+        other=0.0,
+    )
+    kv_bad = tl.sum((k * 0.0).to(tl.float32), axis=0) + tl.sum((v * 0.0).to(tl.float32), axis=1)
+    v = tl.where((kv_bad == 0.0)[:, None], v, 0.0)
+    s = tl.dot(q, k, input_precision=PRECISION) * scale + q_bad[:, None] + kv_bad[None, :]
     s = tl.where(key_ok, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     # A block may hold no key of some row; keep that row's exponent finite.
@@ -38,11 +50,6 @@ def _block(  # type: ignore[no-untyped-def]
     alpha = tl.exp(m_i - m_safe)
     p = tl.exp(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = tl.load(
-        v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-        mask=col_ok[:, None] & (offs_dv < DV)[None, :],
-        other=0.0,
-    )
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return acc, m_new, l_i
 
@@ -83,6 +90,7 @@ def sf_fwd_kernel(  # type: ignore[no-untyped-def]
         mask=m_ok[:, None] & (offs_d < D)[None, :],
         other=0.0,
     )
+    q_bad = tl.sum((q * 0.0).to(tl.float32), axis=1)  # 0, or NaN for non-finite rows
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -99,8 +107,8 @@ def sf_fwd_kernel(  # type: ignore[no-untyped-def]
         col_ok = (offs_n < ns) & outside
         key_ok = m_ok[:, None] & col_ok[None, :]
         acc, m_i, l_i = _block(
-            q, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV, scale,
-            PRECISION,
+            q, q_bad, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv,
+            D, DV, scale, PRECISION,
         )  # fmt: skip
 
     if CAUSAL:
@@ -114,11 +122,12 @@ def sf_fwd_kernel(  # type: ignore[no-untyped-def]
         if CAUSAL:
             key_ok = key_ok & (offs_n[None, :] <= offs_m[:, None])
         acc, m_i, l_i = _block(
-            q, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV, scale,
-            PRECISION,
+            q, q_bad, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv,
+            D, DV, scale, PRECISION,
         )  # fmt: skip
 
-    # Every real query sees itself, so l_i > 0 on every stored row.
+    # Every real query sees itself, so l_i > 0 on every stored row unless its logits
+    # overflowed to -inf (0 / 0 = NaN here, and NaN for the LSE); a NaN logit made l_i NaN.
     l_safe = tl.where(m_ok, l_i, 1.0)
     out = acc / l_safe[:, None]
     tl.store(
@@ -126,4 +135,5 @@ def sf_fwd_kernel(  # type: ignore[no-untyped-def]
         out.to(OUT.dtype.element_ty),
         mask=m_ok[:, None] & (offs_dv < DV)[None, :],
     )
-    tl.store(LSE + b * slb + h * slh + offs_m * sln, m_i + tl.log(l_safe), mask=m_ok)
+    lse = tl.where(l_safe > 0, m_i + tl.log(l_safe), float("nan"))
+    tl.store(LSE + b * slb + h * slh + offs_m * sln, lse, mask=m_ok)

@@ -77,5 +77,6 @@ def _recompute(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
 
 #: The numba backend: ``q (B, Hq, T, D)`` float32/float64, ``k/v (B, Hkv, T, D|Dv)`` (never
 #: expanded to ``Hq`` heads) -> ``(B, Hq, T, Dv)`` (and the LSE ``(B, Hq, T)``); gradients
-#: recompute the blockwise torch form.
-sf_attention = numba_backend(_forward, recompute=_recompute)
+#: recompute the blockwise torch form. Non-finite keys and values are poisoned by the kit
+#: (``non_finite="keys"``); a non-finite query row is NaN through the kernel's softmax.
+sf_attention = numba_backend(_forward, recompute=_recompute, non_finite="keys")

@@ -8,6 +8,7 @@ What every numba backend of a kernel plugin needs besides its kernels:
   through :mod:`attnkit.tensors`, for callers that reach the backend without the registry;
 * :func:`launch` - one context manager for numba's and BLAS's threads (see its docstring);
 * :func:`as_numpy`, :func:`empty_outputs` - zero-copy views and the ``(out, lse)`` buffers;
+* :func:`guard_non_finite` - attnkit's non-finite rule for kernels that only propagate NaN;
 * :func:`numba_backend` - the whole backend from a forward (and backward) kernel launch.
 
 Importing this module imports torch and numpy, not numba: numba loads on the first launch.
@@ -29,10 +30,22 @@ import torch
 from attnkit.kernels.autograd import Backward, Forward, differentiable
 from attnkit.kernels.call import KernelCall, kernel
 
-__all__ = ["DTYPES", "as_numpy", "can_run", "check", "empty_outputs", "launch", "numba_backend"]
+__all__ = [
+    "DTYPES",
+    "NON_FINITE_MODES",
+    "as_numpy",
+    "can_run",
+    "check",
+    "empty_outputs",
+    "guard_non_finite",
+    "launch",
+    "numba_backend",
+]
 
 #: The dtypes the numba kernels are compiled for.
 DTYPES = (torch.float32, torch.float64)
+#: How a numba backend meets the non-finite rule (see :func:`numba_backend`).
+NON_FINITE_MODES = ("guard", "keys", "kernel")
 
 
 def can_run(call: Any) -> str | None:
@@ -129,12 +142,42 @@ def empty_outputs(call: KernelCall, lse_dtype: torch.dtype | None = None) -> tup
     return out, lse
 
 
+def guard_non_finite(call: KernelCall, *, queries: bool = True) -> KernelCall:
+    """The call with attnkit's non-finite rule (:mod:`attnkit.reference.dense`) folded into
+    its inputs, for kernels that only propagate NaN.
+
+    Every key whose ``k`` or ``v`` row holds a NaN or an infinity gets a NaN ``k`` row and a
+    zero ``v`` row, and (with ``queries``) every such query row becomes NaN: then a kernel
+    whose softmax turns a NaN logit into a NaN row (out and LSE), and which never multiplies a
+    key it masks by anything but 0, gives NaN in exactly the rows the rule says and leaves
+    the other rows untouched. The check is one vectorised pass per tensor
+    (:func:`attnkit.kernels.numba_exp.any_non_finite`); tensors are copied only when one is
+    not finite.
+
+    :param queries: also poison non-finite query rows. A kernel may leave them out when a
+        non-finite query row already gives it NaN (every logit of that row is then NaN or
+        infinite, and its softmax has no ``-inf`` shortcut for rows with keys).
+    """
+    from attnkit.kernels.numba_exp import any_non_finite
+    from attnkit.tensors import non_finite_rows
+
+    names = ("q", "k", "v") if queries else ("k", "v")
+    if not any(any_non_finite(as_numpy(getattr(call, n))) for n in names):
+        return call
+    bad_kv = (non_finite_rows(call.k) | non_finite_rows(call.v)).unsqueeze(-1)
+    changes = {"k": call.k.masked_fill(bad_kv, float("nan")), "v": call.v.masked_fill(bad_kv, 0.0)}
+    if queries:
+        changes["q"] = call.q.masked_fill(non_finite_rows(call.q).unsqueeze(-1), float("nan"))
+    return call.replace(**changes)
+
+
 def numba_backend(
     forward: Forward,
     *,
     backward: Backward | None = None,
     recompute: Callable[[KernelCall], Any] | None = None,
     same_tokens: bool = True,
+    non_finite: str = "guard",
 ) -> Callable[..., Any]:
     """A numba backend implementation from its kernel launches.
 
@@ -144,9 +187,26 @@ def numba_backend(
     in the caller's token axes (:func:`attnkit.kernels.kernel`).
 
     :param same_tokens: the kernels need as many key tokens as query tokens (see :func:`check`).
+    :param non_finite: how the backend meets attnkit's non-finite rule (docs/user-guide.md,
+        "Non-finite input"; the contract's ``check_non_finite``). ``"guard"`` (default):
+        :func:`guard_non_finite` poisons the inputs first, and the kernel need only turn a
+        NaN logit into a NaN row (no clamping of NaN, no fastmath ``nnan``) and never
+        multiply a masked key by anything but 0. ``"keys"``: the same for keys and values
+        only (one pass less; the kernel's softmax makes non-finite query rows NaN itself).
+        ``"kernel"``: the kernels implement the rule themselves.
     """
+    if non_finite not in NON_FINITE_MODES:
+        raise ValueError(f"non_finite must be one of {', '.join(NON_FINITE_MODES)}, got {non_finite!r}")
+    fwd = forward
+    if non_finite != "kernel":
+        queries = non_finite == "guard"
+
+        @functools.wraps(forward)
+        def fwd(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
+            return forward(guard_non_finite(call, queries=queries))
+
     impl = kernel(
-        differentiable(forward, backward=backward, recompute=recompute),
+        differentiable(fwd, backward=backward, recompute=recompute),
         check=functools.partial(check, same_tokens=same_tokens),
     )
     impl.__name__ = impl.__qualname__ = getattr(forward, "__name__", "numba_kernel").lstrip("_")

@@ -18,6 +18,15 @@ exists to avoid. Calls made here raise the limit to :data:`RECOMPILE_LIMIT` for 
 Inference only on CPU: inductor's CPU template has no backward here, does not return the
 LSE through this path, and takes float32 / float16 / bfloat16 only.
 
+Non-finite input: FlexAttention drops NaN logits block by block (a NaN row may come out as
+zeros, or as a finite mix of the other blocks) and spreads a NaN value to rows that may not
+attend to it. :func:`backend` therefore checks its inputs first (one sum and one max per
+tensor: a host sync on GPU) and, only when something is not finite or the logits could
+overflow float32, runs flex on zeroed non-finite rows, finds the query rows that may attend
+to one with a second flex call on indicator values (same shapes, so no recompile) and sets
+them to NaN, and recomputes the rows whose logits could overflow with the dense reference
+over their allowed keys: the rule of :mod:`attnkit.reference.dense`.
+
 Shape legend: as in :mod:`attnkit.kernels.call`.
 """
 
@@ -31,6 +40,8 @@ from typing import Any
 import torch
 
 from attnkit.kernels.call import KernelCall, kernel
+from attnkit.reference.dense import attention as reference_attention
+from attnkit.tensors import logit_bound, non_finite_rows
 
 __all__ = [
     "CPU_DTYPES",
@@ -144,16 +155,85 @@ def backend(rule: Callable[[KernelCall], MaskRule]) -> Callable[..., Any]:
     """The flex backend implementation of a spec whose mask ``rule(call)`` gives.
 
     The rule stays reachable as ``impl.mask_rule`` (benchmarks build their masked-SDPA peer
-    from it).
+    from it). Non-finite input and overflowing logits follow attnkit's rule (see the module
+    docstring); finite input in range costs one check of the inputs.
     """
 
     def flex_kernel(call: KernelCall) -> torch.Tensor:
-        return attention(call, block_mask(rule(call), call.q_len, call.kv_len, call.device))
+        r = rule(call)
+        mask = block_mask(r, call.q_len, call.kv_len, call.device)
+        if _in_range(call):
+            return attention(call, mask)
+        return _guarded(call, r, mask)
 
     flex_kernel.__name__ = f"flex_{getattr(rule, '__name__', 'kernel').lstrip('_')}"
     impl = kernel(flex_kernel)
     impl.mask_rule = rule  # type: ignore[attr-defined]
     return impl
+
+
+def _in_range(call: KernelCall) -> bool:
+    """Whether every input entry is finite and no logit can overflow (one host sync)."""
+    bound, limit = logit_bound(call.q, call.k, call.scale)
+    # The bound is finite only where q and k are (max|.| keeps NaN and infinities); v's sum is
+    # finite only if v is.
+    v_sum = call.v.sum(dtype=torch.float64 if call.dtype == torch.float64 else torch.float32)
+    return bool(torch.isfinite(v_sum) & (bound < limit).all())
+
+
+def _guarded(call: KernelCall, rule: MaskRule, mask: Any) -> torch.Tensor:
+    """Flex under attnkit's non-finite rule: zeroed non-finite rows, NaN where a query may
+    attend to one, and the rows that may overflow recomputed by the dense reference."""
+    q, k, v = call.q, call.k, call.v
+    bad_q = non_finite_rows(q)  # (B, Hq, N)
+    bad_kv = non_finite_rows(k) | non_finite_rows(v)  # (B, Hkv, M)
+    clean = call.replace(
+        q=q.masked_fill(bad_q.unsqueeze(-1), 0.0),
+        k=k.masked_fill(bad_kv.unsqueeze(-1), 0.0),
+        v=v.masked_fill(bad_kv.unsqueeze(-1), 0.0),
+    )
+    out = attention(clean, mask)
+    if bool(bad_q.any() | bad_kv.any()):
+        # All-zero q and k: each row averages the indicators uniformly over its allowed keys.
+        marks = torch.zeros_like(v)
+        marks[..., 0] = bad_kv.to(v.dtype)
+        if marks.shape[-1] > 1:
+            marks[..., 1] = 1.0
+        flags = attention(call.replace(q=torch.zeros_like(q), k=torch.zeros_like(k), v=marks), mask)
+        if marks.shape[-1] > 1:
+            has_key = flags[..., 1] > 0.5
+        else:
+            ones = torch.ones_like(v)
+            has_key = attention(call.replace(q=torch.zeros_like(q), k=torch.zeros_like(k), v=ones), mask)[..., 0] > 0.5
+        poisoned = (flags[..., 0] > 0) | (bad_q & has_key)
+        out = out.masked_fill(poisoned.unsqueeze(-1), float("nan"))
+    bound, limit = logit_bound(clean.q, clean.k, call.scale)
+    risky = ~(bound < limit)
+    if bool(risky.any()):
+        out = _recompute_rows(call, rule, out, risky)
+    return out
+
+
+def _recompute_rows(call: KernelCall, rule: MaskRule, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``out`` with the query rows ``rows (B, Hq, N)`` recomputed by the dense reference
+    over the keys ``rule`` allows them (few rows: the slow path of overflowing logits)."""
+    fn = rule.mask_mod(call.device)
+    kv_idx = torch.arange(call.kv_len, device=call.device)[None, None, :]
+    out = out.clone()
+    for b, h in torch.nonzero(rows.any(dim=-1)).tolist():
+        idx = torch.nonzero(rows[b, h]).squeeze(-1)
+        b_t, h_t = torch.tensor(b, device=call.device), torch.tensor(h, device=call.device)
+        allowed = fn(b_t, h_t, idx[None, :, None], kv_idx)[0]  # (R, M)
+        hk = h // call.group
+        res = reference_attention(
+            call.q[b : b + 1, h : h + 1, idx],
+            call.k[b : b + 1, hk : hk + 1],
+            call.v[b : b + 1, hk : hk + 1],
+            mask=allowed.expand(len(idx), call.kv_len),
+            scale=call.scale,
+        )
+        out[b, h, idx] = res[0, 0].to(out.dtype)
+    return out
 
 
 def dense_mask(rule: MaskRule, q_len: int, kv_len: int, *, chunk: int = 1024) -> torch.Tensor:

@@ -7,7 +7,12 @@ LLVM vectorises: ``exp(x) = 2**n * exp(r)`` with ``n = round(x / ln 2)``, ``|r| 
 the dtype's rounding error), and ``2**n`` written as exponent bits through an integer view.
 Arguments are clamped from below at -708 (float64) / -87 (float32) so ``2**n`` stays a
 normal number: ``exp(x)`` for very negative ``x`` is below ``1e-37`` instead of 0,
-negligible next to a softmax denominator, which is >= 1.
+negligible next to a softmax denominator, which is >= 1. A NaN argument gives NaN (it is not
+clamped), so a NaN logit makes its softmax row, and the row's sum, NaN: the kernels rely on
+that for attnkit's non-finite rule (see :mod:`attnkit.reference.dense`).
+
+:func:`any_non_finite` is the cheap test of the CPU backends' non-finite guard
+(:func:`attnkit.kernels.cpu.guard_non_finite`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# No 'nnan'/'ninf': the kernels rely on -inf and on max() seeing real values.
+# No 'nnan'/'ninf': the kernels rely on -inf, on max() seeing real values, and on NaN
+# propagating (x * 0 is not folded to 0, x == x is not folded to True).
 FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
 
 _LOG2E = 1.4426950408889634
@@ -57,7 +63,8 @@ def exp_into(src, dst, c0, c1, shift, poly, pow2):  # type: ignore[no-untyped-de
             p = p * r + a3
             p = p * r + a2
             p = p * r + a1
-            poly[c] = p * r + a1
+            p = p * r + a1
+            poly[c] = p if v == v else v  # NaN stays NaN (the clamp would hide it)
         for c in range(c0, c1):
             e = ft(poly[c] * pow32[c])
             dst[c] = e
@@ -83,9 +90,25 @@ def exp_into(src, dst, c0, c1, shift, poly, pow2):  # type: ignore[no-untyped-de
         p = p * r + a3
         p = p * r + a2
         p = p * r + a1
-        poly[c] = p * r + a1
+        p = p * r + a1
+        poly[c] = p if v == v else v  # NaN stays NaN (the clamp would hide it)
     for c in range(c0, c1):
         e = ft(poly[c] * pow2[c])
         dst[c] = e
         total += e
     return total
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def any_non_finite(x):  # type: ignore[no-untyped-def]
+    """Whether the C-contiguous array ``x`` holds a NaN or an infinity.
+
+    One vectorised pass: ``x * 0`` is 0 for finite entries and NaN otherwise, and the sum of
+    those is NaN exactly when one is.
+    """
+    flat = x.reshape(-1)
+    zero = flat.dtype.type(0.0)
+    acc = zero
+    for i in range(flat.shape[0]):
+        acc += flat[i] * zero
+    return acc != zero

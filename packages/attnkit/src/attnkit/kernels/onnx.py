@@ -12,7 +12,10 @@ cover the sparse kernels so far:
   indices (windows, top-k blocks, selected chunks), gathered with one ``Gather`` per k / v,
   so memory is ``O(N * K * D)`` instead of ``O(N * M)``.
 
-Both compute in float32 (float64 for float64 inputs) and return the LSE in that dtype.
+Both compute in float32 (float64 for float64 inputs) and return the LSE in that dtype, and
+both follow the non-finite rule of :mod:`attnkit.reference.dense` (a row that may attend to a
+non-finite query, key or value, or whose logits overflow, is NaN with ``lse = NaN``; no other
+row is touched by them) with traceable ops only.
 
 Shape legend: as in :mod:`attnkit.kernels.call`; ``K`` keys per query.
 """
@@ -22,7 +25,8 @@ from __future__ import annotations
 import torch
 
 from attnkit.kernels.call import KernelCall
-from attnkit.reference.dense import attention, softmax_rows, work_dtype
+from attnkit.reference.dense import attention, poison_rows, softmax_rows, work_dtype
+from attnkit.tensors import non_finite_rows
 
 __all__ = ["gathered_attention", "masked_attention"]
 
@@ -53,22 +57,42 @@ def gathered_attention(
     d, dv = call.head_dim, call.value_dim
     wd = work_dtype(call.dtype)
     kf, vf = call.k.to(wd), call.v.to(wd)
+    qf = call.grouped_q().to(wd)  # (B, Hkv, G, N, D)
+    # Non-finite rows are zeroed and their query rows set to NaN at the end, so they never
+    # reach a query that may not attend to them.
+    bad_q = non_finite_rows(qf)  # (B, Hkv, G, N)
+    bad_kv = non_finite_rows(kf) | non_finite_rows(vf)  # (B, Hkv, M)
+    qf = qf.masked_fill(bad_q.unsqueeze(-1), 0.0)
+    kf = kf.masked_fill(bad_kv.unsqueeze(-1), 0.0)
+    vf = vf.masked_fill(bad_kv.unsqueeze(-1), 0.0)
     kk = index.shape[-1]
     if index.dim() == 2:
         flat = index.reshape(-1)
         kw = torch.index_select(kf, 2, flat).reshape(b, hkv, 1, n, kk, d)
         vw = torch.index_select(vf, 2, flat).reshape(b, hkv, 1, n, kk, dv)
+        bad_w = torch.index_select(bad_kv, 2, flat).reshape(b, hkv, 1, n, kk)
     else:
         flat = index.reshape(b, hkv, -1, 1)
         kw = torch.gather(kf, 2, flat.expand(-1, -1, -1, d)).reshape(b, hkv, 1, n, kk, d)
         vw = torch.gather(vf, 2, flat.expand(-1, -1, -1, dv)).reshape(b, hkv, 1, n, kk, dv)
-    qg = call.grouped_q().to(wd).unsqueeze(-2)  # (B, Hkv, G, N, 1, D)
+        bad_w = torch.gather(bad_kv, 2, flat.squeeze(-1)).reshape(b, hkv, 1, n, kk)
+    qg = qf.unsqueeze(-2)  # (B, Hkv, G, N, 1, D)
     # A tensor, not a Python float: the exporter would store a float scalar as float32.
     scale = torch.tensor(call.scale, dtype=wd, device=call.device)
-    scores = torch.matmul(qg, kw.transpose(-1, -2)) * scale  # (B, Hkv, G, N, 1, K)
+    # The scale multiplies q before the product, so it applies before the logits can overflow.
+    scores = torch.matmul(qg * scale, kw.transpose(-1, -2))  # (B, Hkv, G, N, 1, K)
     if valid is not None:
-        v_shape = (n, 1, kk) if valid.dim() == 2 else (b, hkv, 1, n, 1, kk)
-        scores = scores.masked_fill(~valid.reshape(v_shape), float("-inf"))
+        v_mask = valid.reshape((n, kk) if valid.dim() == 2 else (b, hkv, 1, n, kk))
+        scores = scores.masked_fill(~v_mask.unsqueeze(-2), float("-inf"))
+        has_key = v_mask.any(dim=-1)
+        sees_bad = (bad_w & v_mask).any(dim=-1)
+    else:
+        has_key = torch.ones((), dtype=torch.bool, device=call.device)
+        sees_bad = bad_w.any(dim=-1)
+    overflow = ~torch.isfinite(scores.amax(dim=-1).squeeze(-1))  # NaN / +inf, or -inf with keys
+    poisoned = has_key & (bad_q | sees_bad | overflow)  # (B, Hkv, G, N)
+    scores = scores.masked_fill(poisoned[..., None, None], 0.0)
     probs, lse = softmax_rows(scores)
-    out = torch.matmul(probs, vw)  # (B, Hkv, G, N, 1, Dv)
+    out = torch.matmul(probs, vw).squeeze(-2)  # (B, Hkv, G, N, Dv)
+    out, lse = poison_rows(out, lse.squeeze(-1), poisoned)
     return out.reshape(b, g * hkv, n, dv), lse.reshape(b, g * hkv, n)

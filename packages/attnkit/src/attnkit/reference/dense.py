@@ -4,6 +4,15 @@ Works in float32, or float64 for float64 inputs (like FlexAttention's ``math_att
 and casts the output back to the input dtype. Differentiable. A query row with nothing to
 attend to gives zeros and ``lse = -inf``, never NaN, in the forward and the backward pass.
 
+Non-finite input follows one rule, which every backend is held to (the contract's
+``check_non_finite``; docs/user-guide.md, "Non-finite input"). A query row that may attend to
+at least one key is *poisoned* when its ``q`` row, or the ``k`` or ``v`` row of a key it may
+attend to, holds a NaN or an infinity, or when the largest of its logits is not finite (the
+logits overflowed the working dtype: the supported range is "logits finite"). A poisoned row
+is NaN in every entry, and so is its LSE; every other row is computed from finite values
+only, so a non-finite key or value it may not attend to has no effect on it. A logit that
+overflows to ``-inf`` next to finite ones is a probability of 0.
+
 Shape legend: ``B`` batch, ``Hq``/``Hkv`` heads (``G = Hq // Hkv``), ``Tq``/``Tk`` tokens,
 ``D``/``Dv`` head dims.
 """
@@ -12,7 +21,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["attention", "causal_mask", "merge_attention", "softmax_rows", "work_dtype"]
+from attnkit.tensors import non_finite_rows
+
+__all__ = ["attention", "causal_mask", "merge_attention", "poison_rows", "softmax_rows", "work_dtype"]
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -59,11 +70,20 @@ def attention(
     wd = work_dtype(q.dtype)
     if scale is None:
         scale = d**-0.5
+    qw, kw, vw = q.to(wd), k.to(wd), v.to(wd)
+    # Non-finite rows are zeroed here and their query rows set to NaN at the end, so a NaN
+    # key or value never reaches a row that may not attend to it (0 * NaN in P @ V would).
+    bad_q = non_finite_rows(qw)  # (B, Hq, Tq)
+    bad_kv = non_finite_rows(kw) | non_finite_rows(vw)  # (B, Hkv, Tk)
+    qw = qw.masked_fill(bad_q.unsqueeze(-1), 0.0)
+    kw = kw.masked_fill(bad_kv.unsqueeze(-1), 0.0)
+    vw = vw.masked_fill(bad_kv.unsqueeze(-1), 0.0)
+    bad_q = bad_q.reshape(b, hkv, g, tq)
+    bad_kv = bad_kv.unsqueeze(2)  # (B, Hkv, 1, Tk)
     # (B, Hkv, G, Tq, D) against (B, Hkv, 1, Tk, D): broadcasting, not copying, shares k/v.
-    qg = q.to(wd).reshape(b, hkv, g, tq, d)
-    kg = k.to(wd).unsqueeze(2)
-    vg = v.to(wd).unsqueeze(2)
-    scores = torch.matmul(qg, kg.transpose(-1, -2)) * scale
+    # The scale multiplies q before the product, so it applies before the logits can overflow.
+    qg = (qw * scale).reshape(b, hkv, g, tq, d)
+    scores = torch.matmul(qg, kw.unsqueeze(2).transpose(-1, -2))
     allowed = None
     if mask is not None:
         m = mask
@@ -80,8 +100,21 @@ def attention(
         allowed = c if allowed is None else allowed & c
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
+        has_key = allowed.any(dim=-1)
+        sees_bad = (allowed & bad_kv.unsqueeze(-2)).any(dim=-1)
+    else:
+        has_key = torch.ones((), dtype=torch.bool, device=q.device)
+        sees_bad = bad_kv.any(dim=-1, keepdim=True)
+    # The largest logit a row may attend to is NaN or +inf, or -inf with keys to attend to:
+    # the logits overflowed the working dtype.
+    overflow = ~torch.isfinite(scores.amax(dim=-1))
+    poisoned = has_key & (bad_q | sees_bad | overflow)  # (B, Hkv, G, Tq)
+    # Poisoned rows are softmaxed over zeros (finite forward and backward), then set to NaN.
+    scores = scores.masked_fill(poisoned.unsqueeze(-1), 0.0)
     probs, lse = softmax_rows(scores)
-    out = torch.matmul(probs, vg).reshape(b, hq, tq, v.shape[-1]).to(q.dtype)
+    out = torch.matmul(probs, vw.unsqueeze(2))
+    out, lse = poison_rows(out, lse, poisoned)
+    out = out.reshape(b, hq, tq, v.shape[-1]).to(q.dtype)
     if not return_lse:
         return out
     return out, lse.reshape(b, hq, tq)
@@ -92,21 +125,36 @@ def softmax_rows(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Masked entries are ``-inf``. A row that is all ``-inf`` gets probabilities 0 (so the
     attention output is zeros) and ``lse = -inf``, in the forward and the backward pass,
-    where ``torch.softmax`` would give NaN. NaN logits give NaN probabilities. Traceable by
-    ``torch.export`` (no data-dependent branch), so ONNX formulations use it too.
+    where ``torch.softmax`` would give NaN. A row holding a NaN logit, or whose largest logit
+    is ``+inf``, gets NaN probabilities and ``lse = NaN``. Traceable by ``torch.export`` (no
+    data-dependent branch), so ONNX formulations use it too.
 
     :param scores: ``(..., K)`` scaled, masked logits.
     :returns: ``probs (..., K)`` and ``lse (...)``.
     """
     row_max = scores.amax(dim=-1, keepdim=True)
     finite = torch.isfinite(row_max)
-    row_max = torch.where(finite, row_max, torch.zeros_like(row_max))
-    e = torch.exp(scores - row_max)
+    shift = torch.where(finite, row_max, torch.zeros_like(row_max))
+    e = torch.exp(scores - shift)
     denom = e.sum(dim=-1, keepdim=True)
-    has_any = denom > 0
-    safe = torch.where(has_any, denom, torch.ones_like(denom))
-    lse = torch.where(has_any, row_max + torch.log(safe), torch.full_like(denom, float("-inf")))
-    return e / safe, lse.squeeze(-1)
+    empty = row_max == float("-inf")
+    safe = torch.where(empty, torch.ones_like(denom), denom)
+    lse = torch.where(empty, torch.full_like(denom, float("-inf")), shift + torch.log(safe))
+    probs = e / safe
+    broken = ~(finite | empty)  # NaN or +inf maximum
+    probs = probs.masked_fill(broken, float("nan"))
+    lse = lse.masked_fill(broken, float("nan"))
+    return probs, lse.squeeze(-1)
+
+
+def poison_rows(out: torch.Tensor, lse: torch.Tensor, poisoned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set the rows ``poisoned (...)`` of ``out (..., Dv)`` and ``lse (...)`` to NaN.
+
+    Gradients do not flow through the NaN rows (they are a constant), so the backward pass of
+    the other rows stays finite.
+    """
+    nan = float("nan")
+    return out.masked_fill(poisoned.unsqueeze(-1), nan), lse.masked_fill(poisoned, nan)
 
 
 def merge_attention(
