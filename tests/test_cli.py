@@ -119,6 +119,7 @@ def test_bench_neighborhood_quick(tmp_path: Path):
     assert data["environment"]["torch_threads"] >= 1 and data["matmul_probe"]["gflops"] > 0
 
 
+@pytest.mark.slow  # a full ONNX export through the CLI; the export helpers are tested in the default tier
 def test_export_dense_runs_in_onnxruntime(tmp_path: Path):
     path = tmp_path / "dense.onnx"
     proc = attnkit("export", "dense", str(path), "--shape", "1,4,16,8", "--kv-heads", "2", "--causal")

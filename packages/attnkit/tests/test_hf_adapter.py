@@ -266,3 +266,60 @@ def test_cache_policy_through_patch_equals_reference_cache_attention(policy: str
         auto = model.generate(x, max_new_tokens=6, do_sample=False)  # the patch supplies a fresh cache
     assert torch.equal(got, want) and torch.equal(auto, want)
     assert cache.nbytes() == ref_cache.nbytes() < 26 * 2 * 2 * 16 * 8 * 2 * 2  # < full K/V bytes
+
+
+# -- arguments patch() refuses ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", [[True], [0, False], "01", [2], [-1], [0.0]])
+def test_layers_must_be_block_indices(llama: torch.nn.Module, layers: object) -> None:
+    with pytest.raises((ValueError, TypeError), match="layers"), attnkit.patch(llama, layers=layers):  # type: ignore[arg-type]
+        pass
+
+
+def test_cache_params_without_a_cache_are_refused(llama: torch.nn.Module) -> None:
+    with (
+        pytest.raises(ValueError, match=r"cache_params \['budget'\] were given without cache="),
+        attnkit.patch(llama, cache_params={"budget": 8}),
+    ):
+        pass
+
+
+def test_a_cache_on_an_encoder_is_refused() -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    bert = transformers.BertModel(config).eval()
+    with (
+        pytest.raises(ValueError, match=r"cache= applies to decoder models.*bert encoder"),
+        attnkit.patch(bert, cache="window", cache_params={"budget": 4}),
+    ):
+        pass
+
+
+def test_a_kernel_that_cannot_decode_refuses_generate_before_the_prefill(llama: torch.nn.Module) -> None:
+    from attnkit.testing import SELF_ONLY
+
+    x = ids(batch=1, length=8)
+    with registered_specs(SELF_ONLY, name="adapter-self-only") as (spec,):
+        with (
+            pytest.raises(ValueError, match=r"needs decode steps, but testing\.selfonly cannot decode"),
+            attnkit.patch(llama, spec.name, cache="window", cache_params={"budget": 4}),
+        ):
+            pass
+        calls = []
+        with attnkit.patch(llama, spec.name) as session:
+            # A prompt-only forward still runs (export, analyses over prompts) ...
+            with torch.no_grad():
+                llama(x)
+            original = session.attend
+            session.attend = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
+            # ... but generate is refused at once, before any attention is computed.
+            with pytest.raises(
+                ValueError, match=r"model\.generate under attnkit\.patch: testing\.selfonly cannot decode"
+            ):
+                llama.generate(x, max_new_tokens=2, do_sample=False)
+        assert calls == []

@@ -13,7 +13,7 @@ import pytest
 
 from attnkit import AnalysisSpec, KVCacheSpec
 from attnkit.mainjob import JobContext, _analyses, _buildable, _cases, _policies, _run_analyses, main, word_recall
-from attnkit.testing import WordTokenizer, registered_specs
+from attnkit.testing import SELF_ONLY, WordTokenizer, registered_specs
 
 
 def test_word_recall_closed_forms() -> None:
@@ -23,11 +23,37 @@ def test_word_recall_closed_forms() -> None:
     assert word_recall("", "anything") == 0.0
 
 
-def test_bad_options_are_errors() -> None:
-    with pytest.raises(SystemExit, match="--cases"):
-        main(["--cases", "0"])
-    with pytest.raises(SystemExit, match="--budget"):
-        main(["--budget", "0"])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--cases", "0"], "--cases"),
+        (["--budget", "0"], "--budget"),
+        (["--budget", "nan"], "--budget"),
+        (["--lengths", "abc"], "--lengths: expected a comma list of positive integers, got 'abc'"),
+        (["--lengths", "512,-3"], "--lengths"),
+        (["--length", "x"], "--length"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--model", "gpt9"], "--model: unknown model 'gpt9'"),
+        (["--prompt-file", "/no/such/prompt.txt"], "--prompt-file: no such file"),
+        (["--attention", "nope"], "--attention/--param: unknown attention spec 'nope'"),
+        (["--attention", "dense", "--param", "window=3"], "--attention/--param"),
+        (
+            ["--attention", "testing.selfonly"],
+            "--attention: the main job generates answers, but testing.selfonly cannot decode",
+        ),
+    ],
+)
+def test_bad_options_fail_before_the_model_loads(argv, needle, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import attnkit.models
+
+    def no_load(*a: object, **k: object) -> None:
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(attnkit.models, "load", no_load)
+    with registered_specs(SELF_ONLY, name="mainjob-self-only"), pytest.raises(SystemExit) as info:
+        main(argv)
+    said = f"{info.value.code} {capsys.readouterr().err}"
+    assert needle in said, said
 
 
 def _args(**kw: object) -> argparse.Namespace:

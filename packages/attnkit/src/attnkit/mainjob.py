@@ -18,6 +18,7 @@ analysis whose module cannot be imported, is skipped with its reason in the repo
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import statistics
 import time
@@ -191,7 +192,7 @@ def _cases(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Any], str]:
         return [PromptCase(input_ids=list(ids), length=len(ids))], f"prompt file {args.prompt_file}"
     from attnkit.data.needles import make_case
 
-    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [args.length]
+    lengths = args.lengths or [args.length]
     cases = []
     for i in range(args.cases):
         length = lengths[i % len(lengths)]
@@ -287,6 +288,33 @@ def _buildable(
     return out
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        return [_positive_int(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, got {text!r}") from None
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (a ratio in (0, 1] or a token count), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="attnkit run", description=(__doc__ or "").split("\n\n")[1].replace("\n", " ").replace("``", "")
@@ -295,13 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default="dense", help="attention spec every layer runs (default dense)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="attention spec parameter")
     p.add_argument("--cache", default="all", help="cache policies: all (default), none, or a comma list")
-    p.add_argument("--budget", type=float, default=0.25, help="cache budget, ratio of the prompt or tokens if >= 1")
+    p.add_argument("--budget", type=_budget, default=0.25, help="cache budget, ratio of the prompt or tokens if >= 1")
     p.add_argument("--analyses", default="all", help="analyses: all (default), none, or a comma list")
     p.add_argument("--prompt-file", default=None, help="answer this prompt instead of generated needle cases")
-    p.add_argument("--cases", type=int, default=4, help="needle cases (default 4; depths spread over 0-100%%)")
-    p.add_argument("--length", type=int, default=2048, help="prompt tokens per case (default 2048)")
-    p.add_argument("--lengths", default=None, help="comma list of lengths to cycle through (e.g. 1000,2000,3000)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument(
+        "--cases", type=_positive_int, default=4, help="needle cases (default 4; depths spread over 0-100%%)"
+    )
+    p.add_argument("--length", type=_positive_int, default=2048, help="prompt tokens per case (default 2048)")
+    p.add_argument(
+        "--lengths", type=_lengths, default=None, help="comma list of lengths to cycle through (e.g. 1000,2000,3000)"
+    )
+    p.add_argument("--max-new-tokens", type=_positive_int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="attnkit-report", help="report folder (default ./attnkit-report)")
     p.add_argument("--quick", action="store_true", help="2 cases of 512 tokens: a smoke run")
@@ -313,10 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     if args.quick:
         args.cases, args.length, args.lengths = 2, 512, None
-    if args.cases < 1:
-        raise SystemExit(f"--cases must be >= 1, got {args.cases}")
-    if args.budget <= 0:
-        raise SystemExit(f"--budget must be > 0 (a ratio in (0, 1] or a token count), got {args.budget}")
+    if args.prompt_file and not Path(args.prompt_file).is_file():
+        raise SystemExit(f"--prompt-file: no such file: {args.prompt_file}")
     budget: float | int = args.budget if args.budget <= 1 else int(args.budget)
 
     import torch
@@ -324,13 +354,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import attnkit
     from attnkit.cliargs import parse_param
+    from attnkit.hf.adapter import decode_reason
     from attnkit.models import load
+    from attnkit.models.pretrained import PRETRAINED
     from attnkit.report import Report, Section
 
+    # Every argument is checked here, before the model loads.
+    if args.model not in PRETRAINED:
+        raise SystemExit(f"--model: unknown model {args.model!r}; embedded models: {', '.join(sorted(PRETRAINED))}")
     progress = not args.no_progress
-    spec = attnkit.get_spec(args.attention, "attention")
-    params = dict(parse_param(p) for p in args.param)
-    spec.make_params(**params)
+    try:
+        spec = attnkit.get_spec(args.attention, "attention")
+        params = dict(parse_param(p) for p in args.param)
+        why = decode_reason(spec, spec.make_params(**params))
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"--attention/--param: {exc}") from None
+    if why is not None:
+        raise SystemExit(f"--attention: the main job generates answers, but {why}")
     policies = _policies(args)
     analysis_specs = _analyses(args)
     out_dir = Path(args.out)

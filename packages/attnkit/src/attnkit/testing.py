@@ -25,6 +25,7 @@ from attnkit.registry import AttentionSpec, Backend, Spec
 
 __all__ = [
     "BAND",
+    "SELF_ONLY",
     "TINY_VOCAB",
     "BandParams",
     "WordTokenizer",
@@ -190,6 +191,16 @@ BAND = AttentionSpec(
     mask=band_brute_force_mask,
     contract_params=_band_contract_params,
 )
+
+
+def _same_tokens(params: BandParams, q: Any, k: Any, v: Any, is_causal: Any) -> None:
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"testing.selfonly is self-attention: q has {q.shape[2]} tokens, k has {k.shape[2]}")
+
+
+#: ``testing.selfonly``: :data:`BAND` restricted to as many queries as keys, like kernels
+#: defined over one token grid (neighborhood, SF-Attn): it cannot decode after a prompt.
+SELF_ONLY = dataclasses.replace(BAND, name="testing.selfonly", validate=_same_tokens)
 
 
 class _SpecsPlugin:

@@ -26,7 +26,7 @@ from torch import nn
 
 from attnkit.runtime.run import Run
 
-__all__ = ["ATTN_NAME", "FAMILIES", "Session", "attention_layers", "patch"]
+__all__ = ["ATTN_NAME", "FAMILIES", "Session", "attention_layers", "decode_reason", "patch"]
 
 ATTN_NAME = "attnkit"
 
@@ -65,6 +65,27 @@ def attention_layers(model: nn.Module) -> Layers:
     raise NotImplementedError(
         f"attnkit.patch does not support model_type={model_type!r} ({type(model).__name__}); supported families: {supported}"
     )
+
+
+def decode_reason(spec: Any, params: Any) -> str | None:
+    """Why ``spec`` cannot attend with one query over several keys (a decode step after a
+    prompt), or ``None`` when it can: its own validation of a ``(1, 1, 1, 8)`` query against 4
+    keys, causal. Kernels defined only for self-attention over one token grid (neighborhood,
+    SF-Attn) say so here, so :func:`patch` refuses to generate with them up front."""
+    import torch
+
+    from attnkit import tensors
+    from attnkit.registry import resolve
+
+    q = torch.zeros(1, 1, 1, 8)
+    k = v = torch.zeros(1, 1, 4, 8)
+    try:
+        tensors.check_qkv(q, k, v, spatial_dims=spec.spatial_dims, allow_gqa=spec.gqa)
+        if spec.validate is not None:
+            resolve(spec.validate)(params, q, k, v, True)
+    except (ValueError, TypeError) as exc:
+        return f"{spec.name} cannot decode (one query over several keys): {exc}"
+    return None
 
 
 def _register_with_transformers() -> None:
@@ -146,13 +167,28 @@ class Session:
         if layers is None:
             self.patched_layers = set(range(n))
         else:
-            bad = [i for i in layers if not isinstance(i, int) or not 0 <= i < n]
+            if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+                raise TypeError(f"layers must be a sequence of block indices, got {type(layers).__name__}")
+            layers = list(layers)
+            # bool is an int subclass: layers=[True] must not mean block 1.
+            bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
             if bad:
                 raise ValueError(f"layers must be block indices in [0, {n}), got {bad}")
             self.patched_layers = set(layers)
         self.cache_policy = cache
         self.cache_params = dict(cache_params or {})
+        if cache is None and self.cache_params:
+            raise ValueError(f"cache_params {sorted(self.cache_params)} were given without cache=: name the policy")
+        #: Why the spec cannot attend with fewer queries than keys (a decode step), or None.
+        self.decode_reason = decode_reason(self.spec, self.params) if self.layers.family == "llama" else None
         if cache is not None:
+            if self.layers.family != "llama":
+                raise ValueError(
+                    f"cache= applies to decoder models (Llama family); {type(model).__name__} is a "
+                    f"{self.layers.family} encoder, which keeps no KV cache"
+                )
+            if self.decode_reason is not None:
+                raise ValueError(f"cache={cache!r} needs decode steps, but {self.decode_reason}")
             self._make_policy()  # fail on a bad policy name or parameters now, not mid-generate
         self.analyses = list(analyses)
         self.run = Run(n_layers=n, analyses=self.analyses)
@@ -197,7 +233,7 @@ class Session:
             self._handles.append(self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
             if self.run.sites:
                 self._install_site_hooks()
-            if self.cache_policy is not None and hasattr(self.model, "generate"):
+            if hasattr(self.model, "generate") and (self.cache_policy is not None or self.decode_reason):
                 self._wrap_generate()
         except BaseException:
             self.remove()
@@ -236,7 +272,10 @@ class Session:
         keyword = "cache" if Version(transformers.__version__).major >= 5 else "past_key_values"
 
         def generate(*args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+            if self.decode_reason is not None:
+                # Refuse before the prompt's prefill, not after it at the first decode step.
+                raise ValueError(f"model.generate under attnkit.patch: {self.decode_reason}")
+            if self.cache_policy is not None and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
                 kwargs[keyword] = self.new_cache()
             return original(*args, **kwargs)
 
