@@ -17,17 +17,15 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from attnkit.cache import AttnkitCache, CachePolicy, FullPolicy, LayerState, SinkWindowPolicy, WindowPolicy
 from attnkit.cache.attention import REFERENCE_NAME, register_reference_attention
+from attnkit.testing import torch_threads
 
 HQ, HKV, P = 4, 2, 10
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    # tiny tensors gain nothing from intra-op threads; on a loaded machine they cost ~100x
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

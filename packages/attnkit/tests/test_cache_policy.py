@@ -23,17 +23,15 @@ from attnkit.cache import (
     resolve_budget,
 )
 from attnkit.cache.policy import GROW_STEP
+from attnkit.testing import torch_threads
 
 B, HKV, D = 2, 3, 4
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    # tiny tensors gain nothing from intra-op threads; on a loaded machine they cost ~100x
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with torch_threads(1):
+        yield
 
 
 def _kv(t: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

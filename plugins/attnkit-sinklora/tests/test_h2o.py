@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from attnkit.cache import AttnkitCache, FullPolicy, WindowPolicy
+from attnkit.testing import torch_threads
 from attnkit_sinklora.h2o import SCORE, H2OPolicy, build
 from attnkit_sinklora.h2o_params import H2OParams, split_budget
 
@@ -20,11 +21,8 @@ HQ = HKV * G
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    # tiny tensors gain nothing from intra-op threads; on a loaded machine they cost ~100x
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with torch_threads(1):
+        yield
 
 
 def _step_inputs(t: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ import pytest
 import torch
 
 from attnkit.registry import AnalysisSpec, resolve
+from attnkit.testing import torch_threads
 
 __all__ = ["ANALYSIS_BACKEND", "ANALYSIS_CHECKS", "analysis_contract_params", "parametrize_with_analysis_contract"]
 
@@ -49,19 +50,8 @@ def _check_spec(spec: Any) -> AnalysisSpec:
     return spec
 
 
-def _one_thread(fn: F) -> F:
-    """One intra-op thread for the tiny model (threads only cost it on a shared machine)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        saved = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(saved)
-
-    return wrapper  # type: ignore[return-value]
+#: One intra-op thread around each check (see :func:`attnkit.testing.torch_threads`).
+_one_thread = torch_threads(1)
 
 
 @functools.lru_cache(maxsize=1)

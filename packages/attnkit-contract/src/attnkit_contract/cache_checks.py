@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from attnkit.registry import KVCacheSpec, resolve
+from attnkit.testing import torch_threads
 
 __all__ = [
     "CACHE_BACKEND",
@@ -71,21 +72,8 @@ def tiny_llama(seed: int = 0) -> Any:
     return LlamaForCausalLM(config).double().eval()
 
 
-def _one_thread(fn: F) -> F:
-    """Run a check with one intra-op thread, restoring the count after: the tiny model gains
-    nothing from threads, and on a loaded machine spinning OpenMP workers make each 64-wide
-    matmul ~100x slower."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        saved = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(saved)
-
-    return wrapper  # type: ignore[return-value]
+#: One intra-op thread around each check (see :func:`attnkit.testing.torch_threads`).
+_one_thread = torch_threads(1)
 
 
 def _check_spec(spec: Any) -> KVCacheSpec:

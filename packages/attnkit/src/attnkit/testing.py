@@ -33,9 +33,25 @@ __all__ = [
     "band_reference",
     "registered_specs",
     "tiny_causal_lm",
+    "torch_threads",
 ]
 
 TINY_VOCAB = 97
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run a block (or, as a decorator, a function) with ``n`` intra-op torch threads, and
+    restore the count after: tiny test models gain nothing from threads, and on a loaded
+    machine spinning OpenMP workers make each small matmul many times slower."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def tiny_causal_lm(impl: str = "sdpa", seed: int = 0, model_type: str = "llama") -> Any:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnkit.kernels.triton_blocks import attend_block, load_queries, online_softmax_state, store_rows
+
 
 @triton.jit
 def _axis_window(i, n, kernel, dilation, CAUSAL: tl.constexpr):
@@ -233,58 +235,24 @@ def na_fwd_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     m_ok = offs_m < N
 
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
-        mask=m_ok[:, None] & (offs_d < D)[None, :],
-        other=0.0,
-    )
-    # 0 for finite query rows, NaN for the others (x * 0 is NaN for NaN and infinities).
-    q_bad = tl.sum((q * 0.0).to(tl.float32), axis=1)
+    q, q_bad = load_queries(Q, b, h, offs_m, m_ok, offs_d, sqb, sqh, sqn, sqd, D)
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    acc, m_i, l_i = online_softmax_state(BLOCK_M, BLOCK_DV)
 
     start, stop = _key_span(offs_m, N, X, Y, Z, KX, KY, KZ, DX, DY, DZ, CX, CY, CZ, BLOCK_N)
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        k = tl.load(
-            k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
-            mask=n_ok[None, :] & (offs_d < D)[:, None],
-            other=0.0,
-        )  # (BLOCK_D, BLOCK_N)
-        v = tl.load(
-            v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-            mask=n_ok[:, None] & (offs_dv < DV)[None, :],
-            other=0.0,
-        )
-        kv_bad = tl.sum((k * 0.0).to(tl.float32), axis=0) + tl.sum((v * 0.0).to(tl.float32), axis=1)
-        v = tl.where((kv_bad == 0.0)[:, None], v, 0.0)
-        s = tl.dot(q, k, input_precision=PRECISION) * scale + q_bad[:, None] + kv_bad[None, :]
         allowed = _pair_mask(offs_m, offs_n, N, X, Y, Z, KX, KY, KZ, DX, DY, DZ, CX, CY, CZ)
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # A block may hold no key of some row; keep that row's exponent finite.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = attend_block(
+            q, q_bad, acc, m_i, l_i, k_base, v_base, offs_n, n_ok, allowed, skn, skd, svn, svd, offs_d, offs_dv,
+            D, DV, scale, PRECISION,
+        )  # fmt: skip
 
-    # Every window holds its own query, so l_i > 0 for every real row unless its logits
-    # overflowed to -inf (0 / 0 = NaN here, and NaN for the LSE); a NaN logit made l_i NaN.
-    out = acc / l_i[:, None]
-    tl.store(
-        OUT + b * sob + h * soh + offs_m[:, None] * son + offs_dv[None, :] * sod,
-        out.to(OUT.dtype.element_ty),
-        mask=m_ok[:, None] & (offs_dv < DV)[None, :],
-    )
-    lse = tl.where(l_i > 0, m_i + tl.log(l_i), float("nan"))
-    tl.store(LSE + b * slb + h * slh + offs_m * sln, lse, mask=m_ok)
+    # Every window holds its own query: every real row has a key.
+    store_rows(OUT, LSE, b, h, offs_m, m_ok, offs_dv, acc, m_i, l_i, m_ok, sob, soh, son, sod, slb, slh, sln, DV)
 
 
 @triton.jit

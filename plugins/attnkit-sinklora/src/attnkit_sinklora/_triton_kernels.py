@@ -22,36 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _block(  # type: ignore[no-untyped-def]
-    q, q_bad, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV,
-    scale, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """One online-softmax step over the keys ``offs_n`` (``col_ok``: ``(N,)`` keys to load,
-    ``key_ok``: ``(M, N)`` pairs allowed; ``q_bad``: 0, or NaN for non-finite query rows)."""
-    k = tl.load(
-        k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
-        mask=col_ok[None, :] & (offs_d < D)[:, None],
-        other=0.0,
-    )  # (BLOCK_D, BLOCK_N)
-    v = tl.load(
-        v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-        mask=col_ok[:, None] & (offs_dv < DV)[None, :],
-        other=0.0,
-    )
-    kv_bad = tl.sum((k * 0.0).to(tl.float32), axis=0) + tl.sum((v * 0.0).to(tl.float32), axis=1)
-    v = tl.where((kv_bad == 0.0)[:, None], v, 0.0)
-    s = tl.dot(q, k, input_precision=PRECISION) * scale + q_bad[:, None] + kv_bad[None, :]
-    s = tl.where(key_ok, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    # A block may hold no key of some row; keep that row's exponent finite.
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp(m_i - m_safe)
-    p = tl.exp(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc, m_new, l_i
+from attnkit.kernels.triton_blocks import attend_block, load_queries, online_softmax_state, store_rows
 
 
 @triton.jit
@@ -85,17 +56,10 @@ def sf_fwd_kernel(  # type: ignore[no-untyped-def]
     m_ok = offs_i < n_rows
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
-        mask=m_ok[:, None] & (offs_d < D)[None, :],
-        other=0.0,
-    )
-    q_bad = tl.sum((q * 0.0).to(tl.float32), axis=1)  # 0, or NaN for non-finite rows
+    q, q_bad = load_queries(Q, b, h, offs_m, m_ok, offs_d, sqb, sqh, sqn, sqd, D)
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    acc, m_i, l_i = online_softmax_state(BLOCK_M, BLOCK_DV)
 
     # Sinks outside the group: before it, or (non-causal) after it.
     ns = tl.minimum(N_SINK, T)
@@ -106,7 +70,7 @@ def sf_fwd_kernel(  # type: ignore[no-untyped-def]
             outside = outside | (offs_n >= ge)
         col_ok = (offs_n < ns) & outside
         key_ok = m_ok[:, None] & col_ok[None, :]
-        acc, m_i, l_i = _block(
+        acc, m_i, l_i = attend_block(
             q, q_bad, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv,
             D, DV, scale, PRECISION,
         )  # fmt: skip
@@ -121,19 +85,10 @@ def sf_fwd_kernel(  # type: ignore[no-untyped-def]
         key_ok = m_ok[:, None] & col_ok[None, :]
         if CAUSAL:
             key_ok = key_ok & (offs_n[None, :] <= offs_m[:, None])
-        acc, m_i, l_i = _block(
+        acc, m_i, l_i = attend_block(
             q, q_bad, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv,
             D, DV, scale, PRECISION,
         )  # fmt: skip
 
-    # Every real query sees itself, so l_i > 0 on every stored row unless its logits
-    # overflowed to -inf (0 / 0 = NaN here, and NaN for the LSE); a NaN logit made l_i NaN.
-    l_safe = tl.where(m_ok, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    tl.store(
-        OUT + b * sob + h * soh + offs_m[:, None] * son + offs_dv[None, :] * sod,
-        out.to(OUT.dtype.element_ty),
-        mask=m_ok[:, None] & (offs_dv < DV)[None, :],
-    )
-    lse = tl.where(l_safe > 0, m_i + tl.log(l_safe), float("nan"))
-    tl.store(LSE + b * slb + h * slh + offs_m * sln, lse, mask=m_ok)
+    # Every real query sees itself: every stored row has a key.
+    store_rows(OUT, LSE, b, h, offs_m, m_ok, offs_dv, acc, m_i, l_i, m_ok, sob, soh, son, sod, slb, slh, sln, DV)

@@ -11,6 +11,7 @@ module                         what it holds
 :mod:`~.cpu`                   numba: checks, thread limits, launch, ``numba_backend``
 :mod:`~.flex`                  FlexAttention from a ``mask_mod``: BlockMask cache, compile once
 :mod:`~.gpu`                   Triton: interpreter detection, reasons, launch sizes
+:mod:`~.triton_blocks`         ``@triton.jit`` steps of a forward kernel (needs triton)
 :mod:`~.onnx`                  traceable masked and gathered formulations for export
 :mod:`~.bench`                 a declared, side-by-side benchmark against flex / SDPA / matmul
 :mod:`~.numba_exp`             a vectorisable ``exp`` for numba kernels
