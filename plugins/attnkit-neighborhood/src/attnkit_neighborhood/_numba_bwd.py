@@ -24,11 +24,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from attnkit.kernels.numba_exp import FASTMATH, exp_into
+from attnkit.kernels.numba_exp import CACHE, FASTMATH, exp_into
 from attnkit_neighborhood._numba_fwd import gather_rows, tile_span
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def gather_vec(src, dst, row0, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz):  # type: ignore[no-untyped-def]
     """Like ``gather_rows`` for a per-token vector ``src (N,)`` (LSE, delta)."""
     r = row0
@@ -41,7 +41,7 @@ def gather_vec(src, dst, row0, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz):  # 
                 r += 1
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=CACHE, parallel=True, fastmath=FASTMATH)
 def grad_q(q, k, v, do, lse, delta, dq, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy, wly, wsz, wlz, tx, ty, tny, tz, tnz):  # type: ignore[no-untyped-def]
     """Write ``dq (B, Hq, N, D)`` tile by tile of queries (tiles as in the forward)."""
     b_sz, hq, _, d = q.shape
@@ -111,7 +111,7 @@ def grad_q(q, k, v, do, lse, delta, dq, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy
                     dq[b, h, row, e] = dqb[r, e] * scale
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=CACHE, parallel=True, fastmath=FASTMATH)
 def grad_kv(
     q,
     k,

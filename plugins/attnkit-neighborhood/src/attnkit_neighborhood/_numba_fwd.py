@@ -25,10 +25,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from attnkit.kernels.numba_exp import FASTMATH, exp_into
+from attnkit.kernels.numba_exp import CACHE, FASTMATH, exp_into
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def tile_span(ws, wl, z0, n, dz):  # type: ignore[no-untyped-def]
     """First key and in-group length of the union of the windows of ``n`` tile queries."""
     zlast = z0 + (n - 1) * dz
@@ -37,7 +37,7 @@ def tile_span(ws, wl, z0, n, dz):  # type: ignore[no-untyped-def]
     return lo, (hi - lo) // dz + 1
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def gather_rows(src, dst, row0, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz, scale):  # type: ignore[no-untyped-def]
     """Copy the rows ``Y-range x X-range x Z-range`` (in that order) of ``src (N, D)`` into
     ``dst[row0:row0 + yl*xl*lz]``, multiplied by ``scale``."""
@@ -54,7 +54,7 @@ def gather_rows(src, dst, row0, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz, sca
                 r += 1
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def gather_kv(k, v, kb, vb, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz):  # type: ignore[no-untyped-def]
     """``gather_rows`` of ``k (N, D)`` into ``kb`` and ``v (N, Dv)`` into ``vb`` at once (no
     scale), applying attnkit's non-finite rule on the way: a key whose ``k`` or ``v`` row holds
@@ -88,7 +88,7 @@ def gather_kv(k, v, kb, vb, xs, xl, dx, ys, yl, dy, zlo, lz, dz, ny, nz):  # typ
                 r += 1
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=CACHE, parallel=True, fastmath=FASTMATH)
 def forward(q, k, v, out, lse, scale, ny, nz, dx, dy, dz, wsx, wlx, wsy, wly, wsz, wlz, tx, ty, tny, tz, tnz):  # type: ignore[no-untyped-def]
     """Write ``out (B, Hq, N, Dv)`` and ``lse (B, Hq, N)`` for every query tile."""
     b_sz, hq, _, d = q.shape

@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from attnkit.kernels.numba_exp import FASTMATH, exp_into
+from attnkit.kernels.numba_exp import CACHE, FASTMATH, exp_into
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=CACHE, parallel=True, fastmath=FASTMATH)
 def forward(q, k, v, out, lse, scale, n_sink, causal, head_class, class_off, t0s, tns, gss, ges):  # type: ignore[no-untyped-def]
     """Write ``out (B, Hq, T, Dv)`` and ``lse (B, Hq, T)`` for every query tile of every head."""
     b_sz, hq, t, d = q.shape

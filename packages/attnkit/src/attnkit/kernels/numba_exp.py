@@ -17,8 +17,15 @@ that for attnkit's non-finite rule (see :mod:`attnkit.reference.dense`).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit
+
+# Whether kernels save their machine code with numba's on-disk cache (``@njit(cache=CACHE)``).
+# numba reads that cache with pickle; ATTNKIT_NUMBA_CACHE=0 turns it off for every attnkit
+# kernel, at the price of compiling again in each process (docs/user-guide.md).
+CACHE = os.environ.get("ATTNKIT_NUMBA_CACHE", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 # No 'nnan'/'ninf': the kernels rely on -inf, on max() seeing real values, and on NaN
 # propagating (x * 0 is not folded to 0, x == x is not folded to True).
@@ -31,7 +38,7 @@ _LOWEST = -708.0
 _LOWEST_F32 = -87.0  # 2**-126: smallest normal float32
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def exp_into(src, dst, c0, c1, shift, poly, pow2):  # type: ignore[no-untyped-def]
     """``dst[c] = exp(src[c] - shift)`` for ``c0 <= c < c1``; returns their sum (float64).
 
@@ -99,7 +106,7 @@ def exp_into(src, dst, c0, c1, shift, poly, pow2):  # type: ignore[no-untyped-de
     return total
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def any_non_finite(x):  # type: ignore[no-untyped-def]
     """Whether the C-contiguous array ``x`` holds a NaN or an infinity.
 
