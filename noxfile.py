@@ -40,6 +40,10 @@ PYTEST_MARKERS = "not natten and not gpu"
 DEFAULT_TIER = f"{PYTEST_MARKERS} and not slow"
 #: Per-plugin seconds of the default tier on 2 cores, flagged in its time table (docs/plugin-authors.md).
 PLUGIN_BUDGET_S = "30"
+#: pytest-xdist workers of the default tier: two halve its wall time on a 2-core machine
+#: (docs/plugin-authors.md, "Test tiers"); ``ATTNKIT_TEST_WORKERS=0`` runs it in one process.
+TEST_WORKERS = os.environ.get("ATTNKIT_TEST_WORKERS", "2" if (os.cpu_count() or 1) >= 2 else "0")
+XDIST = "pytest-xdist>=3.5"
 
 
 def _threads() -> str:
@@ -103,9 +107,13 @@ def _all_test_paths() -> list[str]:
     return _existing(f"{CORE}/tests", f"{CONTRACT}/tests", *(f"{_plugin_dir(s)}/tests" for s in PLUGINS), "tests")
 
 
-def _install_all(session: nox.Session) -> None:
+def _install_all(session: nox.Session, extra: tuple[str, ...] = ()) -> None:
     _install(
-        session, f"{CORE}[test,onnx,bench,models,smollm2]", CONTRACT, *(f"{_plugin_dir(s)}[test]" for s in PLUGINS)
+        session,
+        f"{CORE}[test,onnx,bench,models,smollm2]",
+        CONTRACT,
+        *(f"{_plugin_dir(s)}[test]" for s in PLUGINS),
+        extra=extra,
     )
     _install_models(session)
 
@@ -120,12 +128,15 @@ def _contract_mixin_ignores() -> list[str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The default tier: core, contract suite, every plugin's fast tests, quick contract; a time table per plugin."""
-    _install_all(session)
+    _install_all(session, extra=(XDIST,))
     # importlib mode: several plugins have a tests/test_contract.py, which the default
-    # "prepend" mode would refuse to import twice under the same module name.
+    # "prepend" mode would refuse to import twice under the same module name. loadfile keeps a
+    # test file in one worker, so a file's numba and flex compiles are paid once, not per worker.
     session.run(
         "pytest",
         "--import-mode=importlib",
+        f"--numprocesses={TEST_WORKERS}",
+        "--dist=loadfile",
         "-m",
         DEFAULT_TIER,
         "--attnkit-profile=quick",

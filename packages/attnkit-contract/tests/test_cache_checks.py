@@ -167,3 +167,10 @@ def test_params_ids_and_xfails() -> None:
         cache_contract_params([registry.get("dense")])
     with pytest.raises(TypeError, match="KVCacheSpec"):
         check_cache_reset(registry.get("dense"))
+
+
+def test_budget_checks_are_not_generated_for_a_policy_without_budget() -> None:
+    # Applicability comes from what the spec declares (no ``budget`` field), not a skip at run time.
+    ids = {p.id for p in cache_contract_params([registry.get("full", kind="cache")])}
+    budget_checks = {"check_cache_budget_respected", "check_cache_memory_shrinks", "check_cache_params_validate"}
+    assert ids == {f"full-{n}" for n in CACHE_CHECKS if n not in budget_checks}

@@ -144,3 +144,30 @@ def test_attnkit_check_prints_a_line_per_check_and_what_quick_left_out() -> None
     assert any("dense" in r and "sdpa" in r and "check_single_token" in r for r in rows)
     assert any(line.startswith("attnkit check: 3 passed") for line in lines)
     assert "costs export" in done.stdout and "attnkit check attnkit --full" in done.stdout
+
+
+_TIMED = """
+import pytest
+
+def test_fast():
+    assert 1 + 1 == 2
+
+@pytest.mark.slow
+def test_slow():
+    assert 2 + 2 == 4
+"""
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "xdist"])
+def test_timing_table_reports_what_was_left_with_and_without_xdist(tmp_path, workers) -> None:  # type: ignore[no-untyped-def]
+    if workers:
+        pytest.importorskip("xdist")
+    (tmp_path / "test_timed.py").write_text(_TIMED)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "not slow", "--attnkit-timing"]
+    cmd += ["-n", workers] if workers else []
+    done = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, check=False, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "attnkit test time per package" in done.stdout
+    row = next(line.split() for line in done.stdout.splitlines() if line.startswith("cross-package"))
+    assert row[1:2] == ["1"] and row[-2:] == ["1", "0"], row
+    assert "1 slow tests were left" in done.stdout

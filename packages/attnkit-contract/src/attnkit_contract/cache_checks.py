@@ -27,6 +27,7 @@ from attnkit.registry import KVCacheSpec, resolve
 from attnkit.testing import torch_threads
 
 __all__ = [
+    "CACHE_APPLIES",
     "CACHE_BACKEND",
     "CACHE_CHECKS",
     "cache_contract_params",
@@ -426,13 +427,21 @@ CACHE_CHECKS: dict[str, Callable[[Any], None]] = {
 }
 
 
+#: check name -> ``(spec) -> bool``: the budget checks apply only to a policy with a budget.
+CACHE_APPLIES: dict[str, Callable[[Any], bool]] = dict.fromkeys(
+    ("check_cache_budget_respected", "check_cache_memory_shrinks", "check_cache_params_validate"), _has_budget
+)
+
+
 def cache_contract_params(specs: Iterable[Any]) -> list[Any]:
     """The ``pytest.param`` list behind :func:`parametrize_with_cache_contract`: values
     ``(spec, check_function)``, ids ``<spec>-<check>``, strict xfails from the spec's
     ``expected_failed_checks``."""
     from attnkit_contract.runner import spec_check_params
 
-    return spec_check_params(specs, "cache", CACHE_CHECKS, CACHE_BACKEND, "parametrize_with_cache_contract")
+    return spec_check_params(
+        specs, "cache", CACHE_CHECKS, CACHE_BACKEND, "parametrize_with_cache_contract", applies=CACHE_APPLIES
+    )
 
 
 def parametrize_with_cache_contract(specs: Iterable[Any]) -> Callable[[F], F]:

@@ -81,8 +81,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if "TRITON_INTERPRET" not in os.environ and not _cuda_available():
         # Triton reads this when it is imported; no backend has imported it yet here.
         os.environ["TRITON_INTERPRET"] = "1"
-    if config.getoption("--attnkit-timing", False) and not hasattr(config, "workerinput"):
-        config.pluginmanager.register(TimingReport(config), "attnkit-timing")
+    if config.getoption("--attnkit-timing", False):
+        if hasattr(config, "workerinput"):
+            config.pluginmanager.register(WorkerLeftOut(config), "attnkit-timing-worker")
+        else:
+            config.pluginmanager.register(TimingReport(config), "attnkit-timing")
 
 
 def _cuda_available() -> bool:
@@ -138,9 +141,11 @@ def pytest_deselected(items: list[Any]) -> None:
             _SLOW_LEFT.setdefault(package_group(item), []).append(item.nodeid)
 
 
-#: package -> node ids of slow tests this run deselected (only where collection happens here:
-#: not in an xdist controller, whose workers collect).
+#: package -> node ids of slow tests this run deselected (where collection happens: in an
+#: xdist run, the workers, which send it to the controller's TimingReport).
 _SLOW_LEFT: dict[str, list[str]] = {}
+#: workeroutput key of what an xdist worker's collection left out.
+_WORKER_KEY = "attnkit_left_out"
 
 
 def _keep_plugins(config: pytest.Config, items: list[Any], wanted: list[str]) -> None:
@@ -173,29 +178,69 @@ def _keep_plugins(config: pytest.Config, items: list[Any], wanted: list[str]) ->
         items[:] = keep
 
 
+class WorkerLeftOut:
+    """In an xdist worker: hands what its collection left out (slow tests, contract checks
+    outside the profile) to the controller, which collects nothing itself."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_sessionfinish(self) -> None:
+        from dataclasses import astuple
+
+        from attnkit_contract import profiles
+
+        self.config.workeroutput[_WORKER_KEY] = {  # type: ignore[attr-defined]
+            "slow": {g: list(ids) for g, ids in _SLOW_LEFT.items()},
+            "contract": [list(astuple(x)) for x in profiles.left_out()],
+        }
+
+
 class TimingReport:
-    """Collects seconds per package from the test reports and prints the table at the end."""
+    """Collects seconds per package from the test reports and prints the table at the end
+    (with pytest-xdist, what was left out comes from the workers)."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.budget = float(config.getoption("--attnkit-budget"))
         self.seconds: dict[str, float] = {}
         self.tests: dict[str, set[str]] = {}
+        self.slow_left: dict[str, set[str]] = {}
+        self.contract_left: dict[tuple[Any, ...], Any] = {}
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         group = dict(report.user_properties).get(GROUP_KEY) or "cross-package"
         self.seconds[group] = self.seconds.get(group, 0.0) + float(report.duration)
         self.tests.setdefault(group, set()).add(report.nodeid)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        from attnkit_contract.profiles import LeftOut
+
+        # Every worker collects the same tests, so the union is any one worker's record.
+        sent = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
+        if not sent:
+            return
+        for group, ids in sent["slow"].items():
+            self.slow_left.setdefault(group, set()).update(ids)
+        for fields in sent["contract"]:
+            record = LeftOut(*fields)
+            self.contract_left[(record.spec, record.backend, record.check)] = record
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         from attnkit_contract import profiles
         from attnkit_contract.timing import format_timing
 
+        slow_left = {g: set(ids) for g, ids in _SLOW_LEFT.items()}
+        for group, ids in self.slow_left.items():
+            slow_left.setdefault(group, set()).update(ids)
+        contract_left = {(x.spec, x.backend, x.check): x for x in profiles.left_out()}
+        contract_left.update(self.contract_left)
         text = format_timing(
             self.seconds,
             {g: len(ids) for g, ids in self.tests.items()},
-            {g: len(ids) for g, ids in _SLOW_LEFT.items()},
-            profiles.left_out(),
+            {g: len(ids) for g, ids in slow_left.items()},
+            list(contract_left.values()),
             budget=self.budget,
             profile=profiles.current_profile(),
         )
