@@ -44,6 +44,8 @@ PLUGIN_BUDGET_S = "30"
 #: (docs/plugin-authors.md, "Test tiers"); ``ATTNKIT_TEST_WORKERS=0`` runs it in one process.
 TEST_WORKERS = os.environ.get("ATTNKIT_TEST_WORKERS", "2" if (os.cpu_count() or 1) >= 2 else "0")
 XDIST = "pytest-xdist>=3.5"
+#: tests/test_scaffold.py lints what the scaffold generates with the repository's ruff.toml.
+RUFF = "ruff>=0.6"
 
 
 def _threads() -> str:
@@ -128,7 +130,7 @@ def _contract_mixin_ignores() -> list[str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The default tier: core, contract suite, every plugin's fast tests, quick contract; a time table per plugin."""
-    _install_all(session, extra=(XDIST,))
+    _install_all(session, extra=(XDIST, RUFF))
     # importlib mode: several plugins have a tests/test_contract.py, which the default
     # "prepend" mode would refuse to import twice under the same module name. loadfile keeps a
     # test file in one worker, so a file's numba and flex compiles are paid once, not per worker.
@@ -197,7 +199,7 @@ def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository (config: ruff.toml)."""
     # No torch here: ruff reads source only, so the torch-first rule has nothing to protect.
     _setup_env(session)
-    session.install("ruff>=0.6")
+    session.install(RUFF)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
