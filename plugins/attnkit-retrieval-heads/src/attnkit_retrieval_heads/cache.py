@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 
 from attnkit.cache.params import resolve_budget
-from attnkit.cache.policy import CachePolicy, LayerState
+from attnkit.cache.policy import CachePolicy, LayerState, oldest_after_sinks, sink_slots
 from attnkit_retrieval_heads.params import RetrievalCacheParams
 from attnkit_retrieval_heads.score import load_scores
 
@@ -181,15 +181,10 @@ class RetrievalHeadsPolicy(CachePolicy):
         return state.meta["rh_budgets"]
 
     def forced(self, state: LayerState) -> torch.Tensor | None:
-        pos = state.positions
-        start = state.start.view(-1, 1, 1) if state.start is not None else 0
-        return (pos >= start) & (pos < start + self.n_sink)
+        return sink_slots(state, self.n_sink)
 
     def steady_victims(self, state: LayerState) -> torch.Tensor | None:
-        # only real keys and the sinks are each row's n_sink oldest: the next oldest goes
-        if self.n_sink == 0 or state.hi <= self.n_sink:
-            return None
-        return state.positions.topk(self.n_sink + 1, dim=-1, largest=False).indices[..., -1]
+        return oldest_after_sinks(state, self.n_sink)
 
     def always_kept(self, length: int, budget: int | None) -> list[int]:
         """Positions every KV head keeps: the sinks and the recent window (within the budget)."""

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from attnkit.cache.params import SinkWindowParams, WindowParams, resolve_budget
-from attnkit.cache.policy import CachePolicy, LayerState
+from attnkit.cache.policy import CachePolicy, LayerState, oldest_after_sinks, sink_slots
 
 __all__ = ["FullPolicy", "SinkWindowPolicy", "WindowPolicy", "build_full", "build_sink_window", "build_window"]
 
@@ -59,18 +59,10 @@ class SinkWindowPolicy(CachePolicy):
         return budget
 
     def forced(self, state: LayerState) -> torch.Tensor | None:
-        pos = state.positions
-        if state.start is None:
-            return (pos >= 0) & (pos < self.n_sink)
-        start = state.start.view(-1, 1, 1)
-        return (pos >= start) & (pos < start + self.n_sink)
+        return sink_slots(state, self.n_sink)
 
     def steady_victims(self, state: LayerState) -> torch.Tensor | None:
-        # every row holds only real keys and its sinks are its n_sink oldest: the victim is
-        # the (n_sink + 1)-th oldest (one small topk, no mask)
-        if self.n_sink == 0 or state.hi <= self.n_sink:
-            return None
-        return state.positions.topk(self.n_sink + 1, dim=-1, largest=False).indices[..., -1]
+        return oldest_after_sinks(state, self.n_sink)
 
     def always_kept(self, length: int, budget: int | None) -> list[int]:
         budget = length if budget is None else budget

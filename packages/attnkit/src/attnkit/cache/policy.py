@@ -731,6 +731,25 @@ def _check_query(query: torch.Tensor, state: LayerState) -> None:
         )
 
 
+def sink_slots(state: LayerState, n_sink: int) -> torch.Tensor:
+    """``(B, Hkv, S)`` bool: the slots holding each row's ``n_sink`` first real tokens (the
+    attention sinks of StreamingLLM-style policies), counted from ``state.start`` under left
+    padding. A policy's :meth:`CachePolicy.forced` returns this to keep them."""
+    pos = state.positions
+    start = state.start.view(-1, 1, 1) if state.start is not None else 0
+    return (pos >= start) & (pos < start + n_sink)
+
+
+def oldest_after_sinks(state: LayerState, n_sink: int) -> torch.Tensor | None:
+    """``(B, Hkv)`` slot of each row's ``(n_sink + 1)``-th oldest key, the eviction victim of a
+    sink + recent-window policy in its steady state (every row full of real keys, its sinks the
+    ``n_sink`` oldest): one small ``topk``, no mask. ``None`` when there are no sinks or no
+    key past them (the caller's generic path decides)."""
+    if n_sink == 0 or state.hi <= n_sink:
+        return None
+    return state.positions.topk(n_sink + 1, dim=-1, largest=False).indices[..., -1]
+
+
 def compact(state: LayerState, keep: torch.Tensor, *, spare: int = 0) -> None:
     """Rebuild ``state``'s buffers from the ``keep`` slots of every row, in position order.
 
