@@ -179,6 +179,24 @@ def test_check_runs_or_says_how_to_install():
         assert "no-such-plugin" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_check_takes_its_flags_after_the_plugin_name(monkeypatch):
+    # The summary of `attnkit check` says "run them too with: attnkit check PLUGIN --full".
+    import attnkit_contract
+    from attnkit import cli
+
+    seen = {}
+
+    def fake_run(plugin, pytest_args, *, profile, progress):  # type: ignore[no-untyped-def]
+        seen.update(plugin=plugin, args=pytest_args, profile=profile, progress=progress)
+        return 0
+
+    monkeypatch.setattr(attnkit_contract, "run", fake_run)
+    assert cli.main(["check", "attnkit-x", "--full", "--pytest-output", "--", "-k", "gqa", "--full"]) == 0
+    assert seen == {"plugin": "attnkit-x", "args": ["-k", "gqa", "--full"], "profile": "full", "progress": False}
+    assert cli.main(["check", "attnkit-x"]) == 0
+    assert seen["profile"] == "quick" and seen["progress"] is True and seen["args"] == []
+
+
 def test_info_reports_numba_and_triton_without_importing_them():
     # Importing numba alone took seconds on a loaded machine; info looks the modules up instead.
     code = (

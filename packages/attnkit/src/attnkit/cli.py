@@ -353,7 +353,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         import attnkit_contract
     except ImportError:
         raise CLIError("the contract suite is not installed: pip install attnkit-contract", code=2) from None
-    pytest_args = [a for a in args.pytest_args if a != "--"]
+    rest = list(args.pytest_args)
+    cut = rest.index("--") if "--" in rest else len(rest)
+    # `attnkit check PLUGIN --full` (the form its own summary suggests): argparse hands
+    # everything after PLUGIN to pytest, so check's own flags are taken back before any "--".
+    own = {"--full": "full", "--pytest-output": "pytest_output"}
+    for flag in [a for a in rest[:cut] if a in own]:
+        setattr(args, own[flag], True)
+    pytest_args = [a for i, a in enumerate(rest) if a != "--" and not (i < cut and a in own)]
     profile = "full" if args.full else "quick"
     try:
         return int(attnkit_contract.run(args.plugin, pytest_args, profile=profile, progress=not args.pytest_output))
