@@ -632,3 +632,16 @@ def test_unreadable_core_requirement_is_incompatible_and_not_imported(tmp_path, 
         (bad,) = broken_plugins()
         assert bad.error.startswith("IncompatibleCore: cannot read its requirement 'attnkit >=0.1,<': ")
         assert "must not be imported" not in bad.error
+
+
+def test_trace_plugins_prints_each_registration_hook_call():
+    env = {**os.environ, "ATTNKIT_TRACE_PLUGINS": "1"}
+    code = "import attnkit; attnkit.list_specs()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=120
+    )
+    lines = done.stderr.splitlines()
+    assert "attnkit hook attnkit_register_caches -> attnkit.default_plugins.caches" in lines
+    assert "attnkit hook attnkit_register_caches <- attnkit.default_plugins.caches: full, window, sink_window" in lines
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert "attnkit hook" not in quiet.stderr

@@ -267,13 +267,22 @@ def _registration_specs(plugin: object) -> list[Spec]:
             raise TypeError(f"register() takes a spec object, got {type(spec).__name__}")
         collected.append(spec)
 
+    # The hooks are called one plugin at a time, past pluggy's hook-call monitoring, so
+    # ATTNKIT_TRACE_PLUGINS is honoured here.
+    trace = os.environ.get("ATTNKIT_TRACE_PLUGINS") == "1"
     try:
         for hook_name in REGISTRATION_HOOKS:
             caller = getattr(pm.hook, hook_name)
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin:
                     kwargs = {"register": register} if "register" in impl.argnames else {}
+                    if trace:
+                        print(f"attnkit hook {hook_name} -> {impl.plugin_name}", file=sys.stderr)
+                    seen = len(collected)
                     impl.function(**kwargs)
+                    if trace:
+                        names = ", ".join(s.name for s in collected[seen:]) or "nothing"
+                        print(f"attnkit hook {hook_name} <- {impl.plugin_name}: {names}", file=sys.stderr)
     finally:
         open_ = False
     return collected
