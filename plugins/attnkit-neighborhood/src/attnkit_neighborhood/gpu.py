@@ -14,7 +14,7 @@ import torch
 
 from attnkit.kernels import KernelCall
 from attnkit.kernels.autograd import softmax_delta
-from attnkit.kernels.gpu import TritonKernels, cdiv, triton_backend
+from attnkit.kernels.gpu import TritonKernels, cdiv, empty_outputs, strides, triton_backend
 from attnkit_neighborhood.params import normalize
 
 __all__ = ["TRITON", "neighborhood_attention"]
@@ -39,13 +39,12 @@ def _forward(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = call.q, call.k, call.v
     geo, flags = _geometry(call)
     b, hq, n, d = q.shape
-    out = torch.empty((b, hq, n, call.value_dim), dtype=q.dtype, device=q.device)
-    lse = torch.empty((b, hq, n), dtype=torch.float32, device=q.device)
+    out, lse = empty_outputs(call)
     meta = TRITON.meta(q, v)
     TRITON.launch(
         "na_fwd_kernel", (cdiv(n, meta["BLOCK_M"]), b * hq),
         q, k, v, out, lse,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
+        *strides(q, k, v, out, lse),
         hq, call.group, n, d, call.value_dim, *geo[1:], call.scale,
         **flags, **meta,
     )  # fmt: skip
@@ -63,14 +62,14 @@ def _backward(
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     meta = TRITON.meta(q, v)
     sizes = (n, d, call.value_dim, *geo[1:], call.scale)
-    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride())
+    all_strides = strides(q, k, v, dout, lse)
     args = (q, k, v, dout, lse, delta)
     TRITON.launch(
-        "na_bwd_dq_kernel", (cdiv(n, meta["BLOCK_M"]), b * hq), *args, dq, *strides, hq, call.group, *sizes,
+        "na_bwd_dq_kernel", (cdiv(n, meta["BLOCK_M"]), b * hq), *args, dq, *all_strides, hq, call.group, *sizes,
         **flags, **meta,
     )  # fmt: skip
     TRITON.launch(
-        "na_bwd_dkdv_kernel", (cdiv(n, meta["BLOCK_N"]), b * call.kv_heads), *args, dk, dv, *strides,
+        "na_bwd_dkdv_kernel", (cdiv(n, meta["BLOCK_N"]), b * call.kv_heads), *args, dk, dv, *all_strides,
         call.kv_heads, call.group, *sizes, **flags, **meta,
     )  # fmt: skip
     return dq, dk, dv

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from attnkit.kernels import KernelCall
-from attnkit.kernels.gpu import TritonKernels, triton_backend
+from attnkit.kernels.gpu import TritonKernels, empty_outputs, strides, triton_backend
 from attnkit_sinklora.cpu import _tiles
 from attnkit_sinklora.params import group_size, shift_of_head
 
@@ -38,12 +38,11 @@ def _forward(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
     tiles = [torch.from_numpy(a).to(q.device) for a in _tiles(t, g, shifts, meta["BLOCK_M"])]
     class_off = tiles[1]
     max_tiles = int((class_off[1:] - class_off[:-1]).max())
-    out = torch.empty((b, hq, t, call.value_dim), dtype=q.dtype, device=q.device)
-    lse = torch.empty((b, hq, t), dtype=torch.float32, device=q.device)
+    out, lse = empty_outputs(call)
     TRITON.launch(
         "sf_fwd_kernel", (max_tiles, b * hq),
         q, k, v, out, lse, *tiles,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
+        *strides(q, k, v, out, lse),
         hq, call.group, t, d, call.value_dim, int(call.params.n_sink), call.scale,
         CAUSAL=call.is_causal, **meta,
     )  # fmt: skip

@@ -30,7 +30,7 @@ import torch
 from attnkit.kernels.autograd import Backward, Forward, differentiable
 from attnkit.kernels.call import KernelCall, kernel
 
-__all__ = ["TritonKernels", "cdiv", "pow2_at_least", "triton_backend"]
+__all__ = ["TritonKernels", "cdiv", "empty_outputs", "pow2_at_least", "strides", "triton_backend"]
 
 
 def cdiv(n: int, d: int) -> int:
@@ -41,6 +41,24 @@ def cdiv(n: int, d: int) -> int:
 def pow2_at_least(n: int, floor: int = 16) -> int:
     """The smallest power of two ``>= n`` and ``>= floor`` (``tl.dot`` needs 16 or more)."""
     return max(floor, 1 << (int(n) - 1).bit_length())
+
+
+def strides(*tensors: torch.Tensor) -> tuple[int, ...]:
+    """Every stride of ``tensors``, in order: the stride arguments of a Triton launch whose
+    kernel takes each input's and output's strides (so inputs are never copied)."""
+    return tuple(s for t in tensors for s in t.stride())
+
+
+def empty_outputs(call: KernelCall, *, filled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out (B, Hq, N, Dv)`` in ``q``'s dtype and ``lse (B, Hq, N)`` float32 (what the
+    kit's Triton blocks store) on ``q``'s device. ``filled``: zeros and ``-inf`` (the rule
+    for rows with no key) for a kernel that skips such rows instead of writing them."""
+    shape = (call.batch, call.q_heads, call.q_len)
+    if filled:
+        out = torch.zeros(*shape, call.value_dim, dtype=call.dtype, device=call.device)
+        return out, torch.full(shape, float("-inf"), dtype=torch.float32, device=call.device)
+    out = torch.empty(*shape, call.value_dim, dtype=call.dtype, device=call.device)
+    return out, torch.empty(shape, dtype=torch.float32, device=call.device)
 
 
 def _interpret_env() -> bool:

@@ -1,0 +1,12 @@
+"""The shared attnkit contract suite, run against this plugin's spec."""
+
+import pytest
+
+import attnkit_contract
+from attnkit_blockrank import BLOCKRANK
+
+
+class TestBlockrankContract(attnkit_contract.AttentionContract):
+    @pytest.fixture
+    def impl(self):
+        return BLOCKRANK
