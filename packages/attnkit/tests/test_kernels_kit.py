@@ -461,6 +461,33 @@ def test_flex_backend_follows_the_non_finite_rule(band_spec) -> None:  # type: i
     torch.testing.assert_close(out[keep].double(), want[keep], rtol=1e-5, atol=1e-5)
 
 
+def _captured_mask_mod(allowed: torch.Tensor, device: object = "cpu"):  # type: ignore[no-untyped-def]
+    def mod(b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+        return allowed[b, q_idx, kv_idx]
+
+    return mod
+
+
+def test_flex_rule_per_batch_entry_and_uncached() -> None:
+    # A data-dependent mask: a different random pattern per batch entry (each row keeps its
+    # own key), read by the mask_mod at b; cache=False leaves nothing in the BlockMask cache.
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    gen = torch.Generator().manual_seed(3)
+    allowed = torch.rand(2, 40, 40, generator=gen) < 0.3
+    allowed |= torch.eye(40, dtype=torch.bool)
+    rule = kit_flex.MaskRule(_captured_mask_mod, (allowed,), batch=2, cache=False)
+    before = kit_flex._cached_block_mask.cache_info().currsize
+    mask = kit_flex.block_mask(rule, 40, 40)
+    assert kit_flex._cached_block_mask.cache_info().currsize == before
+    for b in range(2):
+        assert torch.equal(kit_flex.dense_mask(rule, 40, 40, batch_entry=b)[0], allowed[b])
+    q, k, v = _qkv(spatial=(40,), dtype=torch.float32)
+    call = KernelCall(q=q, k=k, v=v, spatial=(40,), kv_spatial=(40,), params=None, causal=(False,), scale=0.35)
+    got = kit_flex.attention(call, mask)
+    want = dense(q.double(), k.double(), v.double(), mask=allowed[:, None], scale=0.35)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Triton
 # ---------------------------------------------------------------------------------------------

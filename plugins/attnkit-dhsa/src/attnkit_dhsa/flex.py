@@ -5,7 +5,7 @@ reads a captured bool tensor ``kept (B, Hs, nb, Tk)`` (each query block's kept k
 query's block row, plus the causal limit. Token-level selection gives FlexAttention little
 block sparsity to skip (a 128x128 tile is mostly partial), and the BlockMask is rebuilt on
 every call (new inputs, new selection); this backend exists as the benchmark's peer, not as a
-fast path. The BlockMask cache, ``torch.compile`` once and the ``can_run`` reasons
+fast path (the rule is marked ``cache=False`` and per batch entry). ``torch.compile`` once and the ``can_run`` reasons
 (inference only on CPU; float32 / float16 / bfloat16) are :mod:`attnkit.kernels.flex`'s.
 """
 
@@ -44,27 +44,16 @@ def mask_rule(call: KernelCall) -> MaskRule:
     kept = torch.zeros((*sel.index.shape[:3], call.kv_len), dtype=torch.bool, device=call.device)
     kept = kept.scatter(-1, sel.index, sel.valid)
     heads = None if kept.shape[1] == 1 else call.q_heads
+    # A selection per batch entry (the mask_mod reads b), computed from this call's inputs:
+    # never asked for again, so not cached.
     return MaskRule(
-        mask_mod, (kept, int(sel.offset), int(sel.first_block), sel.block_size, call.is_causal, call.group), heads
+        mask_mod,
+        (kept, int(sel.offset), int(sel.first_block), sel.block_size, call.is_causal, call.group),
+        heads,
+        batch=call.batch if call.batch > 1 else None,
+        cache=False,
     )
 
 
-_per_entry = backend(mask_rule)
-
-
-def dhsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> Any:
-    """The flex backend, one batch entry at a time: the kit builds the BlockMask for batch
-    entry 0 and broadcasts it (``B=None``), while DHSA's selection differs per entry."""
-    if q.shape[0] == 1:
-        return _per_entry(q, k, v, **kwargs)
-    mask = kwargs.pop("mask", None)
-    parts = []
-    for i in range(q.shape[0]):
-        m = None if mask is None else mask[i : i + 1] if mask.shape[0] > 1 else mask
-        parts.append(_per_entry(q[i : i + 1], k[i : i + 1], v[i : i + 1], mask=m, **kwargs))
-    if isinstance(parts[0], tuple):
-        return tuple(torch.cat(p, dim=0) for p in zip(*parts))
-    return torch.cat(parts, dim=0)
-
-
-dhsa_attention.mask_rule = mask_rule  # type: ignore[attr-defined]
+#: The flex backend (inference; a benchmark peer, see the module docstring).
+dhsa_attention = backend(mask_rule)

@@ -100,29 +100,40 @@ class MaskRule:
     :param args: hashable arguments of ``factory`` that fix the mask (geometry, parameters).
     :param heads: ``None`` when the mask is the same for every head, else the number of query
         heads it distinguishes (the mask_mod then reads ``h``).
+    :param batch: ``None`` when the mask is the same for every batch entry, else the batch
+        size it distinguishes (the mask_mod then reads ``b``: a data-dependent selection).
+    :param cache: keep the BlockMask for the next call with the same rule (the default: a
+        model calls the same geometry again and again). ``False`` for a rule whose ``args``
+        hold a tensor computed from this call's inputs: it would never be asked for again,
+        and a cache would keep it alive.
     """
 
     factory: Callable[..., Any]
     args: tuple[Hashable, ...]
     heads: int | None = None
+    batch: int | None = None
+    cache: bool = True
 
     def mask_mod(self, device: torch.device | str = "cpu") -> Any:
         return self.factory(*self.args, device=device)
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_block_mask(rule: MaskRule, q_len: int, kv_len: int, device: str) -> Any:
+def _build_block_mask(rule: MaskRule, q_len: int, kv_len: int, device: str) -> Any:
     flex = _flex_module()
     build = flex.create_block_mask
-    if q_len * kv_len * (rule.heads or 1) > EAGER_MASK_LIMIT:
+    if q_len * kv_len * (rule.heads or 1) * (rule.batch or 1) > EAGER_MASK_LIMIT:
         build = torch.compile(flex.create_block_mask)
-    return build(rule.mask_mod(device), None, rule.heads, q_len, kv_len, device=device)
+    return build(rule.mask_mod(device), rule.batch, rule.heads, q_len, kv_len, device=device)
+
+
+_cached_block_mask = functools.lru_cache(maxsize=64)(_build_block_mask)
 
 
 def block_mask(rule: MaskRule, q_len: int, kv_len: int, device: torch.device | str = "cpu") -> Any:
     """The BlockMask of ``rule`` over ``q_len`` queries and ``kv_len`` keys, built once and
-    cached (a model calls the same shapes again and again)."""
-    return _cached_block_mask(rule, int(q_len), int(kv_len), str(torch.device(device)))
+    cached (a model calls the same shapes again and again) unless ``rule.cache`` is False."""
+    build = _cached_block_mask if rule.cache else _build_block_mask
+    return build(rule, int(q_len), int(kv_len), str(torch.device(device)))
 
 
 def recompile_limit() -> Any:
@@ -236,8 +247,9 @@ def _recompute_rows(call: KernelCall, rule: MaskRule, out: torch.Tensor, rows: t
     return out
 
 
-def dense_mask(rule: MaskRule, q_len: int, kv_len: int, *, chunk: int = 1024) -> torch.Tensor:
-    """``rule`` as a bool tensor ``(H|1, N, M)``, True where the query may attend.
+def dense_mask(rule: MaskRule, q_len: int, kv_len: int, *, chunk: int = 1024, batch_entry: int = 0) -> torch.Tensor:
+    """``rule`` as a bool tensor ``(H|1, N, M)``, True where the query may attend (for batch
+    entry ``batch_entry`` of a rule that distinguishes them).
 
     The ``mask_mod`` is evaluated on ``chunk`` query rows at a time, so its int64
     intermediates stay near ``chunk * M * 8`` bytes each.
@@ -246,7 +258,7 @@ def dense_mask(rule: MaskRule, q_len: int, kv_len: int, *, chunk: int = 1024) ->
     heads = rule.heads or 1
     out = torch.empty(heads, q_len, kv_len, dtype=torch.bool)
     kv = torch.arange(kv_len)[None, None, :]
-    b = torch.zeros((), dtype=torch.int64)
+    b = torch.tensor(int(batch_entry), dtype=torch.int64)
     for h in range(heads):
         h_t = torch.tensor(h)
         for r0 in range(0, q_len, chunk):
