@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import badspecs
 import pytest
+import torch
 
+from attnkit import AttentionSpec, Backend
+from attnkit.reference import attention, causal_mask
 from attnkit_contract import ATTENTION_CHECKS, ContractFailure, check_spec
+from attnkit_contract.checks import applies, check_mask_semantics, check_matches_reference
 
 
 def outcomes(spec, checks, backends=("bad", "reference")):
@@ -160,3 +164,61 @@ def test_every_check_has_a_docstring_and_the_public_signature():
     for name, fn in ATTENTION_CHECKS.items():
         assert name.startswith("check_") and fn.__doc__, name
         assert list(inspect.signature(fn).parameters) == ["spec", "backend", "case"], name
+
+
+def _best_key_mask(params, q, k, is_causal):  # type: ignore[no-untyped-def]
+    """Brute force: each query row keeps its own position and the key of largest q.k (among
+    the keys it may see), per query head; (B, Hq, Tq, Tk)."""
+    b_n, hq, tq, _ = q.shape
+    tk, g = k.shape[2], hq // k.shape[1]
+    mask = torch.zeros(b_n, hq, tq, tk, dtype=torch.bool)
+    for b in range(b_n):
+        for h in range(hq):
+            for i in range(tq):
+                pos = i + tk - tq
+                seen = [j for j in range(tk) if not is_causal or j <= pos]
+                best = max(seen, key=lambda j: (float(q[b, h, i] @ k[b, h // g, j]), -j))
+                mask[b, h, i, best] = True
+                mask[b, h, i, min(pos, tk - 1)] = True
+    return mask
+
+
+def _selecting(pick_max: bool):  # type: ignore[no-untyped-def]
+    def kernel(q, k, v, *, params, is_causal, scale, return_lse, mask=None):  # type: ignore[no-untyped-def]
+        g = q.shape[1] // k.shape[1]
+        s = q.double() @ k.double().repeat_interleave(g, 1).transpose(-1, -2)
+        tq, tk = q.shape[2], k.shape[2]
+        if is_causal:
+            s = s.masked_fill(~causal_mask(tq, tk, device=q.device), float("-inf") if pick_max else float("inf"))
+        idx = s.argmax(-1) if pick_max else s.argmin(-1)
+        allowed = torch.zeros(s.shape, dtype=torch.bool).scatter(-1, idx[..., None], True)
+        diag = torch.arange(tq) + tk - tq
+        allowed[..., torch.arange(tq), diag.clamp(max=tk - 1)] = True
+        return attention(q, k, v, mask=allowed, scale=scale, return_lse=return_lse)
+
+    return kernel
+
+
+@pytest.mark.parametrize(("pick_max", "passes"), [(True, True), (False, False)], ids=["right", "wrong-selection"])
+def test_input_mask_holds_a_data_dependent_selection(pick_max: bool, passes: bool) -> None:
+    # A spec whose allowed keys depend on q and k declares input_mask: the oracle is dense
+    # attention under the brute-force selection, and check_mask_semantics applies.
+    spec = AttentionSpec(
+        name="best_key",
+        backends=(Backend(name="reference", impl=_selecting(pick_max), traceable=True),),
+        input_mask=_best_key_mask,
+        onnx=False,
+    )
+    assert applies(spec, "reference", "check_mask_semantics")
+    if passes:
+        check_mask_semantics(spec, "reference")
+        check_matches_reference(spec, "reference")
+    else:
+        with pytest.raises(AssertionError):
+            check_mask_semantics(spec, "reference")
+
+
+def test_mask_and_input_mask_are_exclusive() -> None:
+    with pytest.raises(ValueError, match="both mask and input_mask"):
+        AttentionSpec(name="both", backends=(Backend(name="reference", impl=badspecs.good),), mask=badspecs.MASK,
+                      input_mask=_best_key_mask)  # fmt: skip

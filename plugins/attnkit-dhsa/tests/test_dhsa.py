@@ -13,47 +13,8 @@ import torch
 import attnkit
 from attnkit.reference import attention as dense
 from attnkit_dhsa import DHSA, DhsaParams
+from attnkit_dhsa.masks import brute_force_mask
 from attnkit_dhsa.selection import chunk_scores, select
-
-
-def brute_force_mask(q, k, p, is_causal):
-    """bool ``(B, Hq, Tq, Tk)``: the keys each query attends to, straight from the definition."""
-    b_n, hq, tq, _ = q.shape
-    hkv, tk = k.shape[1], k.shape[2]
-    g = hq // hkv
-    q, k = q.double(), k.double()
-    if p.share_heads:
-        groups = [(list(range(hq)), list(range(hkv)))]
-    else:
-        groups = [(list(range(h * g, (h + 1) * g)), [h]) for h in range(hkv)]
-    off = tk - tq
-    bs, cs = p.block_size, p.chunk_size
-    mask = torch.zeros(b_n, hq, tq, tk, dtype=torch.bool)
-    for b in range(b_n):
-        for q_heads, kv_heads in groups:
-            chunk_rep = {}
-            for c0 in range(0, tk, cs):
-                members = range(c0, min(c0 + cs, tk))
-                total = sum(k[b, h, j] for h in kv_heads for j in members)
-                chunk_rep[c0 // cs] = total / (len(kv_heads) * len(members)) * math.sqrt(len(members))
-            for i in range(tq):
-                pos = i + off
-                blk = pos // bs
-                start, end = blk * bs, min(blk * bs + bs, tk) - 1
-                block_queries = [qi for qi in range(tq) if (qi + off) // bs == blk]
-                total = sum(q[b, h, qi] for h in q_heads for qi in block_queries)
-                q_bar = total / (len(q_heads) * len(block_queries)) * math.sqrt(len(block_queries))
-                allowed = [j for j in range(tk) if not is_causal or j <= end]
-                hi = end if is_causal else end + p.local_tokens
-                kept = {j for j in allowed if j < p.sink_tokens or start - p.local_tokens <= j <= hi}
-                others = [j for j in allowed if j not in kept]
-                score = {j: float(q_bar @ chunk_rep[j // cs]) for j in others}
-                others.sort(key=lambda j: (-score[j], j))
-                for j in kept | set(others[: p.top_k]):
-                    if not is_causal or j <= pos:
-                        for h in q_heads:
-                            mask[b, h, i, j] = True
-    return mask
 
 
 def _qkv(tq=13, tk=13, hq=4, hkv=2, d=8, seed=0, dtype=torch.float64):
@@ -72,7 +33,7 @@ PARAMS = [
 
 
 def _want(q, k, v, params, is_causal):
-    mask = brute_force_mask(q, k, DhsaParams(**params), is_causal)
+    mask = brute_force_mask(DhsaParams(**params), q, k, is_causal)
     return dense(q.double(), k.double(), v.double(), mask=mask, return_lse=True)
 
 
@@ -85,7 +46,7 @@ def test_selection_matches_brute_force(params, is_causal, tq, tk):
     got = select(q, k, p, is_causal).dense(tq, tk)
     if got.shape[1] != 1:
         got = got.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    want = brute_force_mask(q, k, p, is_causal)
+    want = brute_force_mask(p, q, k, is_causal)
     assert torch.equal(got.expand_as(want), want)
 
 

@@ -218,8 +218,8 @@ def check_matches_reference(spec: AttentionSpec, backend: str, case: ContractCas
 def check_mask_semantics(spec: AttentionSpec, backend: str, case: ContractCase | None = None) -> None:
     """The ``reference`` backend equals dense attention under the spec's brute-force mask,
     at several lengths, every parameter set, causal or not, and on every token-axis count."""
-    if spec.mask is None:
-        pytest.skip(f"{spec.name} declares no brute-force mask (spec.mask is None)")
+    if spec.mask is None and spec.input_mask is None:
+        pytest.skip(f"{spec.name} declares no brute-force mask (spec.mask and spec.input_mask are None)")
     owner = spec_level_backend(spec, "check_mask_semantics")
     if backend != owner:
         pytest.skip(f"check_mask_semantics runs once per spec, under backend {owner!r}")
@@ -1094,7 +1094,7 @@ def spec_level_backend(spec: AttentionSpec, check: str) -> str:
 #: ``_yield_*_checks`` from estimator tags): a check that does not apply is never generated,
 #: so ``pytest.skip`` is left for "this environment cannot" (no GPU, a dtype refused here).
 APPLIES: Mapping[str, Callable[[AttentionSpec, Any], bool]] = {
-    "check_mask_semantics": lambda spec, b: spec.mask is not None,
+    "check_mask_semantics": lambda spec, b: spec.mask is not None or spec.input_mask is not None,
     "check_gradient": lambda spec, b: b.differentiable,
     "check_causal_no_future": lambda spec, b: spec.causal,
     "check_gqa": lambda spec, b: spec.gqa,

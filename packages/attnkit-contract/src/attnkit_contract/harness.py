@@ -197,10 +197,13 @@ def oracle(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     mask_cpu = mask.to("cpu") if mask is not None else None
-    if spec.mask is not None:
+    if spec.mask is not None or spec.input_mask is not None:
         b, hq, d = q.shape[0], q.shape[1], q.shape[-1]
         spatial = tuple(q.shape[2:-1])
-        allowed = spec_mask(spec, p, tuple(q.shape), tuple(k.shape), is_causal).to(torch.bool)
+        if spec.mask is not None:
+            allowed = spec_mask(spec, p, tuple(q.shape), tuple(k.shape), is_causal).to(torch.bool)
+        else:  # a selection by the inputs' values, built from them by brute force
+            allowed = resolve(spec.input_mask)(p, q64, k64, is_causal).to(device="cpu", dtype=torch.bool)
         if mask_cpu is not None:
             allowed = allowed & mask_cpu
         res = dense_attention(
@@ -219,7 +222,9 @@ def oracle(
         extra = {"mask": mask_cpu} if mask_cpu is not None else {}
         fn = spec.backend("reference").load()
         return fn(q64, k64, v64, params=p, is_causal=is_causal, scale=float(scale), return_lse=return_lse, **extra)
-    raise NoOracle(f"{spec.name} declares neither a brute-force mask nor a 'reference' backend to compare with")
+    raise NoOracle(
+        f"{spec.name} declares neither a brute-force mask (mask / input_mask) nor a 'reference' backend to compare with"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -262,6 +262,10 @@ class AttentionSpec(Spec):
     :param mask: ``(params, q_shape, kv_shape, is_causal) -> bool tensor (Tq, Tk)`` building
         the allowed-keys mask by brute force, for specs whose semantics are "dense attention
         under a mask". The contract suite checks every backend against dense attention with it.
+    :param input_mask: ``(params, q, k, is_causal) -> bool tensor (B|1, Hq|1, Tq, Tk)``, the
+        same for specs whose allowed keys depend on the inputs' values (a selection by scores:
+        top-k chunks, retrieved blocks), built by brute force from ``q (B, Hq, Tq, D)`` and
+        ``k (B, Hkv, Tk, D)``. Declare ``mask`` or ``input_mask``, not both.
     :param contract_params: ``(seq_len) -> list[dict]`` parameter sets valid at that length
         that the contract suite runs with; default: ``[{}]``.
     :param validate: ``(params, q, k, v, is_causal) -> None`` raising ``ValueError`` when the
@@ -277,6 +281,7 @@ class AttentionSpec(Spec):
     onnx: bool = True
     spatial_dims: tuple[int, ...] = (1,)
     mask: str | Callable[..., Any] | None = None
+    input_mask: str | Callable[..., Any] | None = None
     contract_params: str | Callable[[int], list[dict[str, Any]]] | None = None
     validate: str | Callable[..., None] | None = None
     bench: str | None = None
@@ -288,6 +293,8 @@ class AttentionSpec(Spec):
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError(f"spec {self.name!r} declares duplicate backend names {names}")
+        if self.mask is not None and self.input_mask is not None:
+            raise ValueError(f"spec {self.name!r} declares both mask and input_mask; give the one that fits")
 
     @property
     def differentiable(self) -> bool:

@@ -40,9 +40,9 @@ DHSA = AttentionSpec(
         flex="torch.compile(flex_attention), mask_mod over the captured selection (inference on CPU)",
         onnx="traceable selection, then each query over its own K keys (gathered_attention); used while exporting",
     ),
-    # No brute-force ``mask``: the spec's mask hook sees only shapes, and DHSA's selection
-    # depends on q and k. The contract's oracle is therefore the float64 reference; the
-    # plugin's tests hold that to a brute-force selection written out in Python.
+    # DHSA's selection depends on q and k, so the brute force is an ``input_mask``: the
+    # contract holds every backend (the reference included) to dense attention under it.
+    input_mask="attnkit_dhsa.masks:brute_force_mask",
     contract_params="attnkit_dhsa.params:contract_params",
     bench="attnkit_dhsa.bench:run",
 )

@@ -398,12 +398,16 @@ class Session:
         if is_causal:
             allowed = allowed & causal_mask(tq, tk, device=q.device)
         if self.spec.name != "dense":
-            if self.spec.mask is None:
+            if self.spec.mask is not None:
+                spec_mask = resolve(self.spec.mask)(self.params, tuple(q.shape), tuple(k.shape), is_causal)
+            elif self.spec.input_mask is not None:
+                spec_mask = resolve(self.spec.input_mask)(self.params, q, k, is_causal)
+            else:
                 raise ValueError(
                     f"hook_scores / hook_pattern need the attention pattern of spec {self.spec.name!r}, "
-                    "which does not define its attention as a mask over dense scores (AttentionSpec.mask)"
+                    "which does not define its attention as a mask over dense scores "
+                    "(AttentionSpec.mask or input_mask)"
                 )
-            spec_mask = resolve(self.spec.mask)(self.params, tuple(q.shape), tuple(k.shape), is_causal)
             allowed = allowed & spec_mask.to(q.device)
         scores = scores.masked_fill(~allowed, float("-inf"))
         scores = run.visit("hook_scores", layer, scores)

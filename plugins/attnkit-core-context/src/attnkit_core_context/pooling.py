@@ -1,0 +1,64 @@
+"""Globality pooling: one core token per complete group of ``g`` tokens, and the visibility
+rule of the fused attention (the paper's Eq. for ``K' = [K^G ; K]``), in plain torch.
+
+Every backend pools here (the pooling is ``O(L * D)``, the attention ``O(L * (L/g + s) * D)``)
+and then attends over the ``m = L // g`` core tokens and the raw tokens with its own kernel.
+
+Core token ``i`` of query head ``h`` (official code: ``fast_calculate_fusion_weights``):
+``w_i = softmax_j(q_{(i+1)g-1} . k_j * scale)`` over the group's tokens ``j`` (the query of the
+group's *last* token scores its keys; with GQA each query head has its own weights over the
+shared keys), ``K^G_i = sum_j w_ij k_j`` and ``V^G_i = sum_j w_ij v_j``. ``pool="mean"``
+uses ``w_ij = 1/g``.
+
+Which keys query ``t`` (0-based) sees, with ``rs = max(t + 1 - s, 0)`` and ``n = rs // g``:
+core tokens ``i < n`` and raw tokens ``n * g <= j <= t``. A core token becomes visible only
+once its whole group plus ``s`` tokens have passed, so no query reads its future.
+
+Everything here is index arithmetic and reshapes on the symbolic length, so it traces for
+ONNX export. Shape legend: ``q (B, Hq, L, D)``, ``k/v (B, Hkv, L, D|Dv)``, ``m = L // g``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnkit.kernels import KernelCall
+from attnkit.reference.dense import work_dtype
+
+__all__ = ["core_tokens", "fused_mask"]
+
+
+def core_tokens(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kc (B, Hq, m, D), vc (B, Hq, m, Dv))`` in the working dtype (float32, float64 for
+    float64 input): the core token of every complete group, per query head."""
+    g, pool = call.params.group_size, call.params.pool
+    b, hkv, grp, n = call.batch, call.kv_heads, call.group, call.q_len
+    d, dv = call.head_dim, call.value_dim
+    m = n // g
+    wd = work_dtype(call.dtype)
+    kg = call.k[:, :, : m * g].to(wd).reshape(b, hkv, 1, m, g, d)
+    vg = call.v[:, :, : m * g].to(wd).reshape(b, hkv, 1, m, g, dv)
+    if pool == "mean":
+        kc = kg.mean(dim=-2).expand(b, hkv, grp, m, d)
+        vc = vg.mean(dim=-2).expand(b, hkv, grp, m, dv)
+    else:
+        q_last = call.grouped_q()[:, :, :, : m * g].to(wd).reshape(b, hkv, grp, m, g, d)[..., g - 1 : g, :]
+        scale = torch.tensor(call.scale, dtype=wd, device=call.device)
+        logits = torch.matmul(q_last * scale, kg.transpose(-1, -2))  # (B, Hkv, G, m, 1, g)
+        w = torch.softmax(logits, dim=-1)
+        kc = torch.matmul(w, kg).squeeze(-2)  # (B, Hkv, G, m, D)
+        vc = torch.matmul(w, vg).squeeze(-2)
+    return kc.reshape(b, hkv * grp, m, d), vc.reshape(b, hkv * grp, m, dv)
+
+
+def fused_mask(n: int, group_size: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(L, m + L)`` bool: which of ``[core tokens (m) ; raw tokens (L)]`` query ``t`` sees."""
+    m = n // group_size
+    t = torch.arange(n, device=device)[:, None]
+    rs = torch.clamp(t + 1 - window, min=0)
+    first_raw = (rs // group_size) * group_size
+    i = torch.arange(m, device=device)[None, :]
+    j = torch.arange(n, device=device)[None, :]
+    core = (i + 1) * group_size <= rs
+    raw = (j >= first_raw) & (j <= t)
+    return torch.cat([core, raw], dim=1)

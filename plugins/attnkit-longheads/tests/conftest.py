@@ -1,0 +1,1 @@
+"""Test setup for attnkit-longheads (no Triton backend yet, nothing to set up)."""
