@@ -663,3 +663,18 @@ def test_bench_rounds_are_interleaved(monkeypatch) -> None:  # type: ignore[no-u
     args = bench_parser("x").parse_args(["--no-progress", "--probe-size", "16", "--repeat", "3", "--warmup", "0"])
     Bench("t", args, stream=io.StringIO()).run([Case("c", flops=1.0, variants=variants)])
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_stable_topk_breaks_ties_by_position_and_zeroes_non_finite_rows() -> None:
+    from attnkit.kernels.selection import stable_topk, zero_non_finite_rows
+
+    key = torch.tensor([[3.0, 1.0, 3.0, 2.0, 1.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    for largest in (True, False):
+        want = [sorted(range(6), key=lambda j, r=r: (-r[j] if largest else r[j], j))[:4] for r in key.tolist()]
+        assert stable_topk(key, 4, largest=largest).tolist() == want
+    x = torch.ones(2, 3, 4)
+    x[0, 1, 2] = float("nan")
+    x[1, 2, 0] = float("-inf")
+    got = zero_non_finite_rows(x)
+    assert torch.equal(got[0, 1], torch.zeros(4)) and torch.equal(got[1, 2], torch.zeros(4))
+    assert int((got == 1).sum()) == 4 * 4

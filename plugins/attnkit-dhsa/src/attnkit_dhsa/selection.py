@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnkit.kernels.selection import stable_topk, zero_non_finite_rows
 from attnkit_dhsa.params import DhsaParams
 
 __all__ = ["Selection", "chunk_scores", "select"]
@@ -81,21 +82,6 @@ class Selection:
         return out.scatter(-1, index, valid)  # the indices of a row are distinct
 
 
-def _finite_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with every row holding a NaN or an infinity set to zero."""
-    return x.masked_fill(~torch.isfinite(x).all(dim=-1, keepdim=True), 0.0)
-
-
-def _stable_order(key: torch.Tensor, width: Any, *, descending: bool) -> torch.Tensor:
-    """The indices of the first ``width`` entries of ``key`` sorted along the last axis,
-    equal keys in ascending index order. Eager: a stable sort. While exporting: ``topk``,
-    since ONNX has no stable sort but its ``TopK`` puts the lower index first among equal
-    values (the ONNX operator spec), which is the same order."""
-    if torch.compiler.is_exporting():
-        return torch.topk(key, width, dim=-1, largest=descending, sorted=True).indices
-    return torch.argsort(key, dim=-1, descending=descending, stable=True)[..., :width]
-
-
 def _block_sums(x: torch.Tensor, front: Any, blocks: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of ``x (B, H, T, D)`` over consecutive blocks of ``size`` rows after ``front``
     padding rows, and the real rows per block ``(blocks,)``."""
@@ -117,8 +103,8 @@ def chunk_scores(q: torch.Tensor, k: torch.Tensor, params: DhsaParams) -> torch.
     first = offset // bs
     blocks = (tk - 1) // bs - first + 1
     chunks = (tk + cs - 1) // cs
-    qf = _finite_rows(q.detach().to(torch.float64))
-    kf = _finite_rows(k.detach().to(torch.float64))
+    qf = zero_non_finite_rows(q.detach().to(torch.float64))
+    kf = zero_non_finite_rows(k.detach().to(torch.float64))
     if params.share_heads:
         qh, kh = qf.mean(1, keepdim=True), kf.mean(1, keepdim=True)
     else:
@@ -158,12 +144,12 @@ def select(q: torch.Tensor, k: torch.Tensor, params: DhsaParams, is_causal: bool
         kept = (sink | near) & allowed  # (nb, Tk)
         candidate = (allowed & ~kept).expand(token_scores.shape)
         # Highest score first, lower position first among equal scores (stable sort).
-        order = _stable_order(torch.where(candidate, -token_scores, float("inf")), tk, descending=False)
+        order = stable_topk(torch.where(candidate, -token_scores, float("inf")), tk, largest=False)
         cand_sorted = candidate.gather(-1, order)
         take_sorted = cand_sorted & (torch.cumsum(cand_sorted.to(torch.int64), dim=-1) <= params.top_k)
         taken = torch.zeros_like(candidate).scatter(-1, order, take_sorted)
         chosen = taken | kept
         width = min(params.max_keys(is_causal), tk)
-        slots = _stable_order(chosen.to(torch.float32), width, descending=True)
+        slots = stable_topk(chosen.to(torch.float32), width)
         valid = chosen.gather(-1, slots)
     return Selection(index=slots, valid=valid, offset=offset, first_block=first, block_size=bs, causal=bool(is_causal))

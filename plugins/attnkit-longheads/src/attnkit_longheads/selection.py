@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnkit.kernels.selection import stable_topk, zero_non_finite_rows
 from attnkit_longheads.params import LongheadsParams
 from attnkit_longheads.rope import rotate
 
@@ -83,19 +84,6 @@ class Selection:
         return out.scatter(-1, torch.where(valid, index, kv_len), valid)[..., :kv_len]
 
 
-def _finite_rows(x: torch.Tensor) -> torch.Tensor:
-    return x.masked_fill(~torch.isfinite(x).all(dim=-1, keepdim=True), 0.0)
-
-
-def _first_by(key: torch.Tensor, width: int) -> torch.Tensor:
-    """Indices of the ``width`` largest entries of ``key`` (last axis), equal keys lower
-    index first: a stable sort eagerly, ``topk`` while exporting (ONNX ``TopK`` puts the lower
-    index first among equal values, the same order)."""
-    if torch.compiler.is_exporting():
-        return torch.topk(key, width, dim=-1, largest=True, sorted=True).indices
-    return torch.argsort(key, dim=-1, descending=True, stable=True)[..., :width]
-
-
 def _chunked(x: torch.Tensor, w: int, n: Any) -> torch.Tensor:
     """``(B, H, T, D)`` zero-padded to ``n * w`` rows and viewed as ``(B, H, n, w, D)``."""
     b, h, t, d = x.shape
@@ -145,7 +133,7 @@ def chunk_scores(
             f"representation='attention' scores the mean value against keys: value dim {v.shape[-1]} "
             f"must equal head dim {q.shape[-1]}"
         )
-    qf, kf, vf = (_finite_rows(x.detach().to(torch.float64)) for x in (q, k, v))
+    qf, kf, vf = (zero_non_finite_rows(x.detach().to(torch.float64)) for x in (q, k, v))
     tq, tk = q.shape[2], k.shape[2]
     c_k = chunk_keys(qf, kf, vf, params, scale)  # in-chunk attention: rotated q and k (relative)
     if params.rope_theta is not None:  # the score takes the un-rotated query
@@ -172,11 +160,11 @@ def select(
         allowed = (g < n) & ((g <= cur) if is_causal else True)
         forced = allowed & ((g == 0) | (g == cur) | (g == cur - 1))
         key = torch.where(forced, torch.inf, torch.where(allowed, scores, -torch.inf))
-        top = _first_by(key, cap)  # (B, Hq, Tq, C) best first
+        top = stable_topk(key, cap)  # (B, Hq, Tq, C) best first
         chosen = torch.zeros(key.shape, dtype=torch.bool, device=dev).scatter(
             -1, top, allowed.expand(key.shape).gather(-1, top)
         )
-        ids = _first_by(chosen.to(torch.float32), cap)  # chosen ids ascending, then the rest
+        ids = stable_topk(chosen.to(torch.float32), cap)  # chosen ids ascending, then the rest
         valid = chosen.gather(-1, ids)
         ids = torch.where(valid, ids, 0)
         # Compact positions: slot r starts at r * w; the query sits in its own chunk's slot.
