@@ -164,9 +164,11 @@ def test_triton_sweep(n, g, s):
 def test_onnx_export_runs_at_two_other_lengths():
     """The reference traced at L=24 runs in onnxruntime at L=37 and L=64 and matches."""
     pytest.importorskip("onnxruntime")
-    from attnkit_contract import check_spec
+    from attnkit_contract.checks import check_onnx_export
 
-    check_spec(CORE_CONTEXT, backends=["reference"], checks=["check_onnx_export"])
+    # The check itself, not check_spec: check_spec honours the spec's expected_failed_checks
+    # (where this failure is declared) and so would pass.
+    check_onnx_export(CORE_CONTEXT, "reference")
 
 
 def test_registered_through_attnkit():
