@@ -33,6 +33,8 @@ def test_word_recall_closed_forms() -> None:
         (["--lengths", "512,-3"], "--lengths"),
         (["--length", "x"], "--length"),
         (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--prefill", "nope"], "--prefill: 'nope' is not an installed long-context kernel"),
+        (["--prefill-lengths", "4k"], "--prefill-lengths"),
         (["--model", "gpt9"], "--model: unknown model 'gpt9'"),
         (["--prompt-file", "/no/such/prompt.txt"], "--prompt-file: no such file"),
         (["--attention", "nope"], "--attention/--param: unknown attention spec 'nope'"),

@@ -333,6 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lengths", type=_lengths, default=None, help="comma list of lengths to cycle through (e.g. 1000,2000,3000)"
     )
+    p.add_argument(
+        "--prefill",
+        default="all",
+        help="long-context kernels for the prefill table: all (default: every installed one), none, or a comma list",
+    )
+    p.add_argument(
+        "--prefill-lengths",
+        type=_lengths,
+        default=None,
+        help="prompt lengths for the prefill table (default: the job's prompts); --cases prompts per length; "
+        "lengths beyond the model's max_position_embeddings run dense and the kernels meant to extrapolate",
+    )
     p.add_argument("--max-new-tokens", type=_positive_int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="attnkit-report", help="report folder (default ./attnkit-report)")
@@ -373,6 +385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--attention: the main job generates answers, but {why}")
     policies = _policies(args)
     analysis_specs = _analyses(args)
+    from attnkit.prefilljob import long_context_specs
+
+    try:
+        prefill_specs = long_context_specs(args.prefill)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     out_dir = Path(args.out)
     report = Report(out_dir, f"attnkit run: {args.model}, attention={spec.name}")
 
@@ -467,6 +485,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             row["decode_vs_full"] = d / fd if fd and d else None
             row["prefill_vs_full"] = full_row["prefill_s"] / row["prefill_s"] if row["prefill_s"] > 0 else None
     bar.close()
+
+    from attnkit.prefilljob import run_prefill_table
+
+    prefill = None
+    if prefill_specs:
+        prefill_cases = cases
+        if args.prefill_lengths:
+            from attnkit.data.needles import make_case
+
+            prefill_cases = [
+                make_case(
+                    tok,
+                    length=length,
+                    depth=50.0 if args.cases == 1 else 100.0 * i / (args.cases - 1),
+                    seed=args.seed + i,
+                )
+                for length in args.prefill_lengths
+                for i in range(args.cases)
+            ]
+        print(
+            f"      prefill table: dense and {', '.join(s.name for s in prefill_specs)} on "
+            f"{len(prefill_cases)} prompt(s) ...",
+            flush=True,
+        )
+        prefill = run_prefill_table(
+            model,
+            tok,
+            prefill_cases,
+            prefill_specs,
+            max_new_tokens=args.max_new_tokens,
+            stop=stop,
+            out_dir=out_dir,
+            progress=progress,
+        )
+        for what, why in prefill.skipped.items():
+            skipped[f"prefill {what}"] = why
     elapsed = time.perf_counter() - t_start
 
     # -- report -----------------------------------------------------------------------
@@ -525,6 +579,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures=figs,
         )
     )
+    if prefill is not None:
+        report.add(
+            Section(
+                "Long-context kernels: prefill",
+                paragraphs=[
+                    "Every installed long-context kernel (an attention spec declaring model_prefill) prefills the "
+                    "same needle prompts as dense attention (transformers' SDPA, unpatched), the order rotating per "
+                    "prompt; 'latency / dense' is the kernel's summed prefill seconds over dense's on the same "
+                    "prompts (0.60 = 40% less time; one forward per prompt, so it carries the machine's noise). "
+                    "Decode 'kernel': the answer is generated with the kernel too; 'dense': the kernel cannot "
+                    "attend from one query over a cache, so the answer is decoded with dense attention over the "
+                    "cache the kernel filled. Token counts marked * are longer than the model's "
+                    "max_position_embeddings; only kernels meant to extrapolate run there, beside dense.",
+                ],
+                tables=[(PREFILL_HEADER, [_prefill_cells(r) for r in prefill.rows])],
+                figures=prefill.figures,
+            )
+        )
     case0 = cases[0]
     ans_rows = [[name, texts[0]] for name, texts in answers.items()]
     report.add(
@@ -551,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policies": rows,
         "answers": answers,
         "analyses": {o.name: o.summary for o in outcomes},
+        "prefill": prefill.rows if prefill is not None else [],
         "skipped": skipped,
     }
     path = report.write()
@@ -567,6 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{_opt(r['decode_tokens_per_s']):>14}{_ratio(r['decode_vs_full']):>9}"
             f"{r['prefill_s']:>11.2f}{_ratio(r['prefill_vs_full']):>9}{r['kv_mib']:>9.1f}"
         )
+    if prefill is not None and prefill.rows:
+        print()
+        print("".join(f"{h:>{w}}" if j else f"{h:<{w}}" for j, (h, w) in enumerate(zip(PREFILL_HEADER, _PREFILL_W))))
+        for r in prefill.rows:
+            cells = _prefill_cells(r)
+            print("".join(f"{c:>{w}}" if j else f"{c:<{w}}" for j, (c, w) in enumerate(zip(cells, _PREFILL_W))))
     for o in outcomes:
         if o.summary.get("headline"):
             print(f"{o.name}: {o.summary['headline']}")
@@ -574,6 +653,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped {what}: {why}")
     print(f"\nreport: {path}  (results: {path.parent / 'results.json'})")
     return 0
+
+
+PREFILL_HEADER = ["kernel", "tokens", "needle accuracy", "n", "mean recall", "prefill s", "latency / dense", "decode"]
+_PREFILL_W = (22, 8, 17, 4, 13, 11, 17, 8)
+
+
+def _prefill_cells(r: dict[str, Any]) -> list[str]:
+    tokens = f"{r['tokens']:.0f}" + ("*" if r.get("beyond_trained") else "")
+    return [
+        r["kernel"],
+        tokens,
+        _opt(r["needle_accuracy"]),
+        str(r["n"]),
+        _opt(r["mean_recall"]),
+        f"{r['prefill_s']:.2f}",
+        f"{r['latency_vs_dense']:.2f}x",
+        r["decode"],
+    ]
 
 
 def _opt(value: Any) -> str:

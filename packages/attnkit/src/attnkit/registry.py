@@ -271,6 +271,13 @@ class AttentionSpec(Spec):
     :param validate: ``(params, q, k, v, is_causal) -> None`` raising ``ValueError`` when the
         parameters do not fit the inputs (a window larger than the sequence, say).
     :param bench: ``"module:function"`` run by ``attnkit bench <name>``.
+    :param model_prefill: ``"module:function"``, ``(config, prompt_length) -> dict``: the
+        parameters this kernel takes for the prefill of a ``prompt_length``-token prompt on a
+        causal language model with Hugging Face ``config`` (``rope_theta``, window sizes scaled
+        to the prompt ...). A spec declaring it is a long-context kernel: ``attnkit run``
+        measures it in its prefill table. Raise ``ValueError`` (with the reason) for a length
+        or model it does not apply to; lengths beyond ``config.max_position_embeddings`` are
+        only asked of kernels meant to extrapolate.
     """
 
     kind: ClassVar[str] = "attention"
@@ -285,6 +292,7 @@ class AttentionSpec(Spec):
     contract_params: str | Callable[[int], list[dict[str, Any]]] | None = None
     validate: str | Callable[..., None] | None = None
     bench: str | None = None
+    model_prefill: str | Callable[[Any, int], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

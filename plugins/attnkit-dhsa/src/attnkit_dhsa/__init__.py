@@ -45,6 +45,7 @@ DHSA = AttentionSpec(
     input_mask="attnkit_dhsa.masks:brute_force_mask",
     contract_params="attnkit_dhsa.params:contract_params",
     bench="attnkit_dhsa.bench:run",
+    model_prefill="attnkit_dhsa.prefill_params:for_model",
 )
 
 

@@ -74,6 +74,7 @@ RETRIEVAL = AttentionSpec(
     ),
     contract_params="attnkit_landmark.params:retrieval_contract_params",
     bench="attnkit_landmark.bench:run_retrieval",
+    model_prefill="attnkit_landmark.prefill_params:for_model",
 )
 
 

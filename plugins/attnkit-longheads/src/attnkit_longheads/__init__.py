@@ -50,6 +50,7 @@ LONGHEADS = AttentionSpec(
         "and the spec refuses with a ValueError (representation='mean' has no such limit)",
     },
     bench="attnkit_longheads.bench:run",
+    model_prefill="attnkit_longheads.prefill_params:for_model",
 )
 
 
