@@ -111,6 +111,26 @@ def test_window_matches_masked_full_forward(model: LlamaForCausalLM, chunks: lis
     assert cache.policy.layers[0].capacity == 5  # the budget + the next token's slot
 
 
+@pytest.mark.parametrize("chunks", [[P, 1, 1, 1], [P, 3, 1, 2]])
+def test_compress_prompt_matches_masked_full_forward(model: LlamaForCausalLM, chunks: list[int]) -> None:
+    """compress="prompt": the context (first forward) keeps its last 4 tokens, and every token
+    after it (an appended question, the answer) stays: brute-force mask over the full forward."""
+    ids = _ids(2, sum(chunks))
+    policy = WindowPolicy(4)
+    policy.compress = "prompt"
+    cache = AttnkitCache(policy, config=model.config)
+    got = _cached_logits(model, cache, ids, chunks)
+    total = ids.shape[1]
+    allowed = torch.zeros(total, total, dtype=torch.bool)
+    for t in range(total):
+        allowed[t, : t + 1] = True
+        if t >= P:
+            allowed[t, : P - 4] = False  # evicted from the context once, nothing later
+    want = _masked_logits(model, ids, allowed.view(1, 1, total, total))
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    assert int(cache.policy.kept_counts(0).max()) == 4 + total - P
+
+
 def test_sink_window_matches_masked_full_forward(model: LlamaForCausalLM) -> None:
     ids = _ids(1, P + 5)
     got = _cached_logits(
@@ -271,3 +291,77 @@ def test_layers_left_unpatched_use_the_cache_mask(model: LlamaForCausalLM) -> No
         got = _cached_logits(model, cache, ids, chunks)
     torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
     assert int(cache.policy.kept_counts(1).max()) == 4
+
+
+# ---------------------------------------------------------------------------- key re-rotation
+def test_rotate_keys_matches_transformers_rope() -> None:
+    """A key RoPE'd at position a and rotated by b - a is transformers' RoPE at b."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from attnkit.cache.policy import rotate_keys
+
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_theta=500.0, max_position_embeddings=64)
+    rope = LlamaRotaryEmbedding(config)
+    k = torch.randn(1, 1, 6, 16, dtype=torch.float64)
+    a = torch.tensor([[0, 3, 7, 20, 41, 63]])
+    b = torch.tensor([[5, 3, 0, 100, 2, 500]])
+    cos_a, sin_a = rope(k, a)
+    cos_b, sin_b = rope(k, b)
+    at_a, _ = apply_rotary_pos_emb(k, k, cos_a.double(), sin_a.double())
+    at_b, _ = apply_rotary_pos_emb(k, k, cos_b.double(), sin_b.double())
+    got = rotate_keys(at_a[0, 0], (b - a)[0], 500.0, 16)
+    # transformers computes the angles in float32: ~1e-7 per position unit of 500
+    torch.testing.assert_close(got, at_b[0, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(rotate_keys(got, (a - b)[0], 500.0, 16), at_a[0, 0], atol=1e-12, rtol=0)
+
+
+def test_rerotated_sink_window_equals_a_fresh_forward_over_the_kept_tokens() -> None:
+    """One layer: keys and values depend on their token alone, so StreamingLLM's cache with
+    position shift is exactly a fresh forward over [sinks, window, new token] at positions
+    0..S, step after step, even past max_position_embeddings."""
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=HQ,
+        num_key_value_heads=HKV,
+        max_position_embeddings=32,
+        rope_theta=100.0,
+    )
+    config._attn_implementation = REFERENCE_NAME
+    register_reference_attention()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).double().eval()
+    ids = _ids(1, 48)
+    policy = SinkWindowPolicy(8, n_sink=2)
+    policy.rerotate = True
+    cache = AttnkitCache(policy, config=config)
+    with torch.no_grad():
+        model(ids[:, :12], cache=cache, use_cache=True)
+        for t in range(12, 48):  # past max_position_embeddings = 32
+            # what this step attends to: the kept keys before it, and itself
+            kept = [int(p) for p in policy.kept_positions(0)[0, 0] if p >= 0] + [t]
+            assert kept[:2] == [0, 1] and len(kept) == 9
+            got = model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[0, -1]
+            fresh = ids[:, kept]
+            want = model(fresh, position_ids=torch.arange(len(kept)).view(1, -1)).logits[0, -1]
+            # transformers computes RoPE angles in float32 even for a float64 model
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # without re-rotation the same cache differs once eviction has shifted the window
+    plain = AttnkitCache(SinkWindowPolicy(8, n_sink=2), config=config)
+    with torch.no_grad():
+        model(ids[:, :40], cache=plain, use_cache=True)
+        kept = [int(p) for p in plain.policy.kept_positions(0)[0, 0] if p >= 0] + [40]
+        got = model(ids[:, 40:41], cache=plain, use_cache=True).logits[0, -1]
+    want = model(ids[:, kept], position_ids=torch.arange(len(kept)).view(1, -1)).logits[0, -1]
+    assert (got - want).abs().max() > 1e-4
+
+
+def test_rerotate_needs_the_models_rope() -> None:
+    policy = SinkWindowPolicy(8, n_sink=2)
+    policy.rerotate = True
+    with pytest.raises(ValueError, match="rerotate=True needs the model's RoPE"):
+        policy.append(0, torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8))
+    with pytest.raises(TypeError, match="rerotate must be a bool"):
+        policy.rerotate = 1  # type: ignore[assignment]

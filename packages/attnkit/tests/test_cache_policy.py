@@ -310,3 +310,62 @@ def test_query_probabilities_equal_brute_force() -> None:
                 want = torch.zeros(7, dtype=torch.float64)
                 want[allowed] = torch.softmax(logits, 0)
                 torch.testing.assert_close(got[b, h, hq % 2, i], want, atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------------------- compress="prompt"
+@pytest.mark.parametrize("follow", ["tokens", "chunk"])
+def test_compress_prompt_compresses_the_context_once_and_keeps_what_follows(follow: str) -> None:
+    """kvpress's setting: the first forward (the context) is cut to the budget, everything
+    appended after it (a question, the answer) is kept; "always" evicts it again."""
+    once, always = WindowPolicy(4), WindowPolicy(4)
+    once.compress = "prompt"
+    ks, vs = [], []
+    for policy in (once, always):
+        k, v = _kv(10, 0)
+        ks, vs = [k], [v]
+        _step(policy, k, v)
+        if follow == "chunk":  # an appended question of 3 tokens, then 2 answer tokens
+            chunks = [_kv(3, 1), _kv(1, 2), _kv(1, 3)]
+        else:
+            chunks = [_kv(1, s + 1) for s in range(5)]
+        for k, v in chunks:
+            ks.append(k)
+            vs.append(v)
+            _step(policy, k, v)
+    # the context's last 4 (6..9), then all 5 new tokens (10..14)
+    assert _rows(once) == [[6, 7, 8, 9, 10, 11, 12, 13, 14]] * (B * HKV)
+    assert _rows(always) == [[11, 12, 13, 14]] * (B * HKV)
+    _assert_storage_matches(once, torch.cat(ks, dim=2), torch.cat(vs, dim=2))
+    # growing after the context does not copy the buffers every step
+    assert once.layers[0].capacity >= 9
+
+
+def test_compress_mode_validated_and_fixed_after_first_use() -> None:
+    with pytest.raises(ValueError, match="compress must be one of"):
+        WindowPolicy(4, compress="question")
+    policy = WindowPolicy(4)
+    _step(policy, *_kv(6, 0))
+    with pytest.raises(ValueError, match="before the policy's first append"):
+        policy.compress = "prompt"
+    policy.reset()
+    policy.compress = "prompt"
+    assert policy.compress == "prompt"
+
+
+class _Scoring(CachePolicy):
+    """A query-observing policy (recency scores; only needs_queries matters here)."""
+
+    needs_queries = True
+
+
+def test_scoring_policy_refuses_a_step_nobody_observed() -> None:
+    policy = _Scoring(4)
+    policy.append(0, *_kv(6, 0))
+    with pytest.raises(RuntimeError, match="observe\\(\\) was not called for layer 0"):
+        policy.append(0, *_kv(1, 1))
+    # a non-scoring policy evicts on what it knows (recency needs no queries)
+    plain = WindowPolicy(4)
+    plain.defer_eviction = True
+    plain.append(0, *_kv(6, 0))
+    plain.append(0, *_kv(1, 1))
+    assert _rows(plain)[0] == [2, 3, 4, 5, 6]

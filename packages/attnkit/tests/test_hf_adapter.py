@@ -285,6 +285,18 @@ def test_cache_params_without_a_cache_are_refused(llama: torch.nn.Module) -> Non
         pass
 
 
+def test_cache_compress_through_patch(llama: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="cache_compress must be one of"), attnkit.patch(llama, cache_compress="once"):
+        pass
+    ids = torch.randint(0, 97, (1, 40))
+    with attnkit.patch(llama, cache="window", cache_params={"budget": 8}, cache_compress="prompt") as session:
+        cache = session.new_cache()
+        with torch.no_grad():
+            llama(input_ids=ids, cache=cache, use_cache=True)
+            llama(input_ids=ids[:, :5], cache=cache, use_cache=True)  # an appended question
+    assert cache.policy.compress == "prompt" and cache.policy.stored_length(0) == 8 + 5
+
+
 def test_a_cache_on_an_encoder_is_refused() -> None:
     import transformers
 

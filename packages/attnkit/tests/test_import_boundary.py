@@ -174,6 +174,7 @@ def test_a_plugin_import_in_the_core_would_fail_the_check(tmp_path: Path) -> Non
     patched = source.replace(
         "    from attnkit.data.needles import make_case\n",
         "    from attnkit_retrieval_heads.needle import make_case\n",
+        1,
     )
     assert patched != source
     assert [(r.module, r.lazy) for r in plugin_references(patched)] == [("attnkit_retrieval_heads", True)]

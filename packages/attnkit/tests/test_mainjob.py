@@ -84,7 +84,7 @@ def test_needle_cases_come_from_the_core(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_without_plugins_the_builtins_remain(plugin_env) -> None:  # type: ignore[no-untyped-def]
     with plugin_env(ATTNKIT_LOAD_PLUGINS="", ATTNKIT_DISABLE_PLUGINS=None):
-        assert sorted(_policies(_args())) == ["sink_window", "window"]
+        assert sorted(_policies(_args())) == ["adakv", "key_norm", "observed_attention", "sink_window", "snapkv", "window"]
         assert _analyses(_args()) == []
         # Naming a plugin's policy or analysis that is not installed fails before the model loads.
         with pytest.raises(SystemExit, match=r"--cache: unknown cache spec 'h2o'.*available: .*window"):
@@ -164,7 +164,7 @@ def test_main_job_without_plugins_writes_report(tmp_path, plugin_env) -> None:  
     assert rows["full"]["decode_vs_full"] == pytest.approx(1.0)
     assert rows["full"]["prefill_vs_full"] == pytest.approx(1.0)
     assert all(r["decode_vs_full"] > 0 and r["prefill_vs_full"] > 0 for r in rows.values())
-    assert set(rows) == {"full", "window", "sink_window"}
+    assert set(rows) == {"full", "window", "sink_window", "snapkv", "observed_attention", "key_norm", "adakv"}
     assert results["analyses"] == {} and results["skipped"] == {}
     # the full cache finds the needle in a short prompt; a 25% budget holds a quarter of the keys
     assert rows["full"]["needle_accuracy"] == 1.0

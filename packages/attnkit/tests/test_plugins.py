@@ -213,7 +213,17 @@ def test_duplicate_spec_name_is_reported_broken_and_the_first_stays():
 
 def test_load_plugins_empty_loads_only_builtins(plugin_env):
     with plugin_env(ATTNKIT_LOAD_PLUGINS=""):
-        assert [s.name for s in registry] == ["dense", "full", "mha", "sink_window", "window"]
+        assert [s.name for s in registry] == [
+            "adakv",
+            "dense",
+            "full",
+            "key_norm",
+            "mha",
+            "observed_attention",
+            "sink_window",
+            "snapkv",
+            "window",
+        ]
         assert all(p.builtin for p in get_plugins())
 
 
@@ -396,7 +406,7 @@ def attnkit_register_attention(register):
 
 
 def _builtin_names() -> set[str]:
-    return {"dense", "full", "mha", "sink_window", "window"}
+    return {"adakv", "dense", "full", "key_norm", "mha", "observed_attention", "sink_window", "snapkv", "window"}
 
 
 @pytest.mark.parametrize(
@@ -642,6 +652,7 @@ def test_trace_plugins_prints_each_registration_hook_call():
     )
     lines = done.stderr.splitlines()
     assert "attnkit hook attnkit_register_caches -> attnkit.default_plugins.caches" in lines
-    assert "attnkit hook attnkit_register_caches <- attnkit.default_plugins.caches: full, window, sink_window" in lines
+    caches = "full, window, sink_window, snapkv, observed_attention, key_norm, adakv"
+    assert f"attnkit hook attnkit_register_caches <- attnkit.default_plugins.caches: {caches}" in lines
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert "attnkit hook" not in quiet.stderr

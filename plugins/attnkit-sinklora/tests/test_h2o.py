@@ -150,7 +150,7 @@ def test_budget_covers_sequence_equals_full_model() -> None:
     torch.testing.assert_close(outs[4], outs[0], atol=0, rtol=0)
 
 
-def test_h2o_in_generate_keeps_budget_and_evicts_without_observe() -> None:
+def test_h2o_in_generate_keeps_budget_and_refuses_a_step_nobody_observed() -> None:
     from attnkit_contract.cache_checks import tiny_llama
 
     model = tiny_llama()
@@ -163,14 +163,13 @@ def test_h2o_in_generate_keeps_budget_and_evicts_without_observe() -> None:
     assert cache.policy.resolved_budget(0) == 5
     assert int(cache.policy.kept_counts(0).max()) == 5
     assert float(cache.policy.layers[0].extra[SCORE].sum()) > 0
-    # a caller that never observes still gets eviction on the next append
+    # a caller that never observes would evict on scores that never saw its queries: refused
     policy = H2OPolicy(3)
-    for i, t in enumerate([5, 1, 1]):
-        _, k, v = _step_inputs(t, i)
+    _, k, v = _step_inputs(5, 0)
+    policy.append(0, k, v)
+    _, k, v = _step_inputs(1, 1)
+    with pytest.raises(RuntimeError, match="observe\\(\\) was not called"):
         policy.append(0, k, v)
-    assert int(policy.kept_counts(0).max()) == 4  # 3 kept + the pending token
-    policy.evict(0)
-    assert int(policy.kept_counts(0).max()) == 3
 
 
 def test_params_validate() -> None:

@@ -142,6 +142,22 @@ class _PolicyLayer(CacheLayerMixin):
             )
 
 
+def _rope_of(text: Any, required: bool) -> tuple[float, int] | None:
+    """``(rope_theta, rotary_dim)`` of a config's plain RoPE; ``None`` when it has none (an
+    error instead when the policy re-rotates, which needs it)."""
+    from attnkit.hf.modelconfig import rope_theta
+
+    try:
+        theta = rope_theta(text)
+    except ValueError as exc:
+        if required:
+            raise ValueError(f"rerotate=True: {exc}") from None
+        return None
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    factor = float(getattr(text, "partial_rotary_factor", 1.0) or 1.0)
+    return theta, int(head_dim * factor)
+
+
 class AttnkitCache(Cache):
     """A transformers cache whose every layer stores through one :class:`CachePolicy`.
 
@@ -156,6 +172,7 @@ class AttnkitCache(Cache):
         if not isinstance(policy, CachePolicy):
             raise TypeError(f"policy must be an attnkit.cache.CachePolicy, got {type(policy).__name__}")
         heads: dict[str, int] = {}
+        rope: tuple[float, int] | None = None
         if config is not None:
             text = config.get_text_config(decoder=True)
             if num_layers is None:
@@ -163,9 +180,10 @@ class AttnkitCache(Cache):
             for name in ("num_attention_heads", "num_key_value_heads"):
                 if getattr(text, name, None) is not None:
                     heads[name] = int(getattr(text, name))
+            rope = _rope_of(text, policy.rerotate)
         if num_layers is not None and num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        policy.bind_model(num_layers=num_layers, **heads)
+        policy.bind_model(num_layers=num_layers, rope=rope, **heads)
         # the attention function's observe() brings the padding: evict only then
         policy.defer_eviction = True
         self.policy = policy

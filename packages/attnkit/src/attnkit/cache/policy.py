@@ -19,6 +19,13 @@ summed over the batch, the H2O trap). A transformers model reaches it through
 
 So between forward calls no layer holds more than its budget per sequence and KV head.
 
+When the budget applies (:attr:`CachePolicy.compress`): ``"always"`` (the default) holds it
+after every forward, so an appended question and the answer are evicted down to the budget
+like the context; ``"prompt"`` compresses the first forward of each layer (the context) once
+to the budget and keeps every token that follows (kvpress's setting: the compressed context
+is reused for any question appended to it). A ratio budget is always a share of that first
+forward's real tokens.
+
 Storage (issue 9): each layer preallocates its slots, ``budget + 1`` once the prompt has been
 cut down (the kept tokens plus room for the next one), and a new token is written into the
 slot the last eviction freed: no per-step concatenation, sort or compaction. The slot order is
@@ -29,10 +36,17 @@ new tokens at once (a chunk, an appended question) are always the last slots, in
 causality among them is the usual bottom-right alignment. :meth:`CachePolicy.kept_positions`
 returns each row's positions sorted, the documented view of what is kept.
 
-Positions: kept keys keep their original post-RoPE rotation; nothing is re-rotated, so a key's
-position is the index (column) of its token in the sequence and new tokens get their true
-positions (``AttnkitCache.get_seq_length`` counts every token seen, not the tokens kept).
-StreamingLLM's "position shift" is therefore not reproduced.
+Positions: by default kept keys keep their original post-RoPE rotation, so a key's position is
+the index (column) of its token in the sequence and new tokens get their true positions
+(``AttnkitCache.get_seq_length`` counts every token seen, not the tokens kept). With
+:attr:`CachePolicy.rerotate` (StreamingLLM's position shift) the kept keys are re-rotated at
+every step so that they sit at contiguous positions right before the new tokens: the ``r``-th
+oldest of ``S`` kept keys at ``p - S + r`` when the first new token is at ``p``. RoPE logits
+depend only on position differences, so this is the cache's own positions ``0 .. S - 1`` with
+the query at ``S``, whatever absolute position the model gives the query; distances never
+exceed the cache's size, which is what lets a model run past ``max_position_embeddings``. A
+key is rotated only when its target moves (the sinks of a sink + window cache, one step per
+token; the window's keys keep theirs), by the difference, in float32 at least.
 
 Padding: a padding token (seen as a column no query of its step may attend to) is stored as an
 empty slot: it is never attended to, never counts against a budget, and a ratio budget, sinks
@@ -54,12 +68,16 @@ import torch
 
 from attnkit.cache.params import check_aggregation, check_budget, resolve_budget
 
-__all__ = ["CachePolicy", "LayerState", "compact", "query_probabilities"]
+__all__ = ["CachePolicy", "LayerState", "compact", "query_probabilities", "rotate_keys"]
 
 _INT_MAX = torch.iinfo(torch.int64).max
 #: Spare slots a growing layer gets at once when nothing bounds it (the full cache): one copy
 #: per this many decode steps instead of one per step.
 GROW_STEP = 64
+#: When a policy's budget applies (:attr:`CachePolicy.compress`).
+COMPRESS_MODES = ("always", "prompt")
+#: ``LayerState.extra`` key of the position each slot's key is rotated at (:attr:`CachePolicy.rerotate`).
+ROT = "_rotated_at"
 
 
 @dataclass
@@ -122,6 +140,10 @@ class LayerState:
     limit: int | None = None
     #: per-layer quantities a policy derives once (in :meth:`CachePolicy.on_resolve`).
     meta: dict[str, Any] = field(default_factory=dict)
+    #: whether one eviction has run (the first forward's, for ``compress="prompt"``).
+    resolved_once: bool = False
+    #: ``compress="prompt"`` after the context's eviction: nothing is evicted any more.
+    frozen: bool = False
 
     @property
     def keys(self) -> torch.Tensor:
@@ -179,6 +201,13 @@ class CachePolicy:
         tokens), or ``None`` for none evicted.
     :param aggregation: ``"mean"`` or ``"max"``: how scores of the query heads of one GQA group
         become the score of their KV head (used by query-observing policies).
+    :param compress: ``"always"``: the budget holds after every forward; ``"prompt"``: the
+        first forward (the context) is compressed once and what follows is kept. Settable on
+        a built policy too (``attnkit.patch(..., cache_compress=)`` does), before its first use.
+    :param rerotate: re-rotate kept keys to contiguous positions (StreamingLLM's position
+        shift; see the module docstring). Needs the model's RoPE, which
+        :class:`~attnkit.cache.AttnkitCache` passes to :meth:`bind_model` from the config.
+        Settable before first use (``attnkit.patch(..., cache_rerotate=True)``).
     """
 
     #: Whether :meth:`observe` needs each layer's queries (the policy scores with them).
@@ -189,12 +218,18 @@ class CachePolicy:
     #: steady-state eviction then skips counting); ``None``: true unless it is overridden.
     fixed_budgets: ClassVar[bool | None] = None
 
-    def __init__(self, budget: int | float | None, *, aggregation: str = "mean") -> None:
+    def __init__(
+        self, budget: int | float | None, *, aggregation: str = "mean", compress: str = "always", rerotate: bool = False
+    ) -> None:
         if budget is not None:
             check_budget(budget)
         check_aggregation(aggregation)
         self.budget = budget
         self.aggregation = aggregation
+        self.compress = compress
+        self.rerotate = rerotate
+        #: ``(rope_theta, rotary_dim)`` of the model (:meth:`bind_model`), for :attr:`rerotate`.
+        self.rope: tuple[float, int] | None = None
         #: Evict in :meth:`observe` rather than in :meth:`append` (set by
         #: :class:`~attnkit.cache.AttnkitCache`: the mask ``observe`` gets says which tokens are
         #: padding, which must be known before the prompt is cut down). Query-observing policies
@@ -210,6 +245,32 @@ class CachePolicy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(budget={self.budget!r}, aggregation={self.aggregation!r})"
+
+    @property
+    def compress(self) -> str:
+        """``"always"`` or ``"prompt"`` (see the class docstring)."""
+        return self._compress
+
+    @property
+    def rerotate(self) -> bool:
+        """Whether kept keys are re-rotated to contiguous positions."""
+        return self._rerotate
+
+    @rerotate.setter
+    def rerotate(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"rerotate must be a bool, got {type(value).__name__}")
+        if getattr(self, "layers", None):
+            raise ValueError("rerotate can only be changed before the policy's first append (or after reset())")
+        self._rerotate = value
+
+    @compress.setter
+    def compress(self, value: str) -> None:
+        if value not in COMPRESS_MODES:
+            raise ValueError(f"compress must be one of {COMPRESS_MODES}, got {value!r}")
+        if getattr(self, "layers", None):
+            raise ValueError("compress can only be changed before the policy's first append (or after reset())")
+        self._compress = value
 
     # ------------------------------------------------------------------ hooks for subclasses
     def resolve_budget(self, prompt_length: int) -> int | None:
@@ -276,12 +337,18 @@ class CachePolicy:
         num_layers: int | None = None,
         num_attention_heads: int | None = None,
         num_key_value_heads: int | None = None,
+        rope: tuple[float, int] | None = None,
     ) -> None:
         """Tell the policy the model it serves (:class:`~attnkit.cache.AttnkitCache` calls this
         with the model config); policies that size per layer (the retrieval-head cache) use it.
 
+        :param rope: ``(rope_theta, rotary_dim)`` of plain RoPE (HF ``rotate_half`` layout),
+            what :attr:`rerotate` rotates with.
+
         .. versionadded:: 0.2
         """
+        if rope is not None:
+            self.rope = (float(rope[0]), int(rope[1]))
         geometry = {
             "num_layers": num_layers,
             "num_attention_heads": num_attention_heads,
@@ -308,6 +375,13 @@ class CachePolicy:
         state = self.layers.get(layer_idx)
         b, h, tn, _ = key.shape
         if state is not None and state.pending:
+            if self.needs_queries and not state.frozen:
+                # evicting now would use scores that never saw the previous step's queries
+                raise RuntimeError(
+                    f"{type(self).__name__} scores with the queries, but observe() was not called for layer "
+                    f"{layer_idx}'s previous step: run the model under attnkit.patch() or with "
+                    "attnkit.cache.register_reference_attention()'s attention, which call it"
+                )
             # observe() was not called for the previous step: evict on what we know
             self.evict(layer_idx)
         if state is None:
@@ -315,7 +389,14 @@ class CachePolicy:
             # padding is known (observe), against their real tokens
             self.resolve_budget(tn)
             pos = torch.arange(tn, device=key.device, dtype=torch.int64).expand(b, h, tn)
+            if self._rerotate and self.rope is None:
+                raise ValueError(
+                    "rerotate=True needs the model's RoPE (theta, rotary dim): use the policy through "
+                    "attnkit.cache.AttnkitCache(policy, config=model.config), or call bind_model(rope=(theta, dim))"
+                )
             state = LayerState(kbuf=key, vbuf=value, pbuf=pos, hi=tn, seen=tn, n_new=tn)
+            if self._rerotate:
+                state.extra[ROT] = pos.clone()
             self.layers[layer_idx] = state
             self.on_append(state, tn)
         else:
@@ -326,6 +407,8 @@ class CachePolicy:
                 )
             self._write(state, key, value)
             state.seen += tn
+            if self._rerotate:
+                self._shift_positions(state, tn)
             self.on_append(state, tn)
         state.pending = True
         self._set_view(layer_idx, state)
@@ -371,6 +454,9 @@ class CachePolicy:
             return None
         if mask is not None:
             self._absorb_padding(layer_idx, state, mask)
+        if state.frozen:  # compress="prompt", context already compressed: nothing is scored
+            state.pending = False
+            return None
         if not state.resolved:
             self._resolve(state)
         out = None
@@ -386,6 +472,13 @@ class CachePolicy:
         """Shrink layer ``layer_idx`` to its budgets now (idempotent)."""
         state = self.layers[layer_idx]
         state.pending = False
+        if state.frozen:
+            return
+        if self._compress == "prompt" and state.resolved_once:
+            # the context was compressed by the previous eviction: keep everything from now on
+            state.frozen, state.limit, state.free_slots, state.ring_full = True, None, None, False
+            return
+        state.resolved_once = True
         if state.ring_full and self._budgets_fixed():
             # the ring's steady state: every row is one over its budget
             victim = None if state.has_holes else self.steady_victims(state)
@@ -592,10 +685,36 @@ class CachePolicy:
         state.free_slots = None
         state.ring_full = False
 
+    def _shift_positions(self, state: LayerState, tn: int) -> None:
+        """Re-rotate the kept (old) keys to contiguous positions before the ``tn`` new ones."""
+        assert self.rope is not None
+        slots = state.new_slots()
+        rot = state.extra[ROT]
+        rot.scatter_(2, slots, state.pbuf.gather(2, slots))  # new keys: rotated at their column
+        hi = state.hi
+        pos = state.pbuf[:, :, :hi]
+        old = pos >= 0
+        old.scatter_(2, slots, False)
+        if not bool(old.any()):
+            return
+        # rank of each old slot among its row's old slots, by position
+        order = pos.masked_fill(~old, _INT_MAX).argsort(dim=-1)
+        rank = torch.empty_like(order)
+        rank.scatter_(-1, order, torch.arange(hi, device=order.device).expand_as(order))
+        first_new = state.seen - tn
+        target = first_new - old.sum(-1, keepdim=True) + rank
+        delta = (target - rot[:, :, :hi]).masked_fill(~old, 0)
+        moved = delta != 0
+        if not bool(moved.any()):
+            return
+        keys = state.kbuf[:, :, :hi]
+        keys[moved] = rotate_keys(keys[moved], delta[moved], *self.rope)
+        rot[:, :, :hi] = torch.where(moved, target, rot[:, :, :hi])
+
     def _grow(self, state: LayerState, tn: int) -> None:
         """New buffers (owned, contiguous) with room for ``tn`` more tokens after ``hi``."""
         need = state.hi + tn
-        limit = state.limit if state.limit is not None else state.budget
+        limit = None if state.frozen else (state.limit if state.limit is not None else state.budget)
         if limit is None:
             cap = need + GROW_STEP
         else:
@@ -695,6 +814,26 @@ class CachePolicy:
             state.budget = max(budgets)
         state.resolved = True
         self.on_resolve(state)
+
+
+def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, theta: float, rotary_dim: int) -> torch.Tensor:
+    """Rotate RoPE'd ``keys`` ``(N, D)`` by ``delta`` ``(N,)`` more positions (negative: back),
+    HF ``rotate_half`` layout over the first ``rotary_dim`` features; math in float32 at
+    least, returned in the keys' dtype. Rotations compose: ``R(a) R(b) = R(a + b)``."""
+    d = keys.shape[-1]
+    if rotary_dim > d or rotary_dim % 2:
+        raise ValueError(f"rotary_dim must be even and <= the head dim {d}, got {rotary_dim}")
+    work = torch.promote_types(keys.dtype, torch.float32)
+    half = rotary_dim // 2
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, device=keys.device, dtype=torch.float64) / rotary_dim))
+    angle = (delta.to(torch.float64).unsqueeze(-1) * inv_freq).to(work)  # (N, half)
+    cos, sin = angle.cos(), angle.sin()
+    k = keys.to(work)
+    x1, x2 = k[:, :half], k[:, half:rotary_dim]
+    out = k.clone()
+    out[:, :half] = x1 * cos - x2 * sin
+    out[:, half:rotary_dim] = x2 * cos + x1 * sin
+    return out.to(keys.dtype)
 
 
 def _extremes(dtype: torch.dtype) -> tuple[Any, Any]:

@@ -150,6 +150,8 @@ class Session:
         backend: str | None = None,
         cache: Any = None,
         cache_params: Mapping[str, Any] | None = None,
+        cache_compress: str = "always",
+        cache_rerotate: bool = False,
         analyses: Sequence[Any] = (),
         layers: Sequence[int] | None = None,
     ) -> None:
@@ -177,6 +179,16 @@ class Session:
             self.patched_layers = set(layers)
         self.cache_policy = cache
         self.cache_params = dict(cache_params or {})
+        from attnkit.cache.policy import COMPRESS_MODES
+
+        if cache_compress not in COMPRESS_MODES:
+            raise ValueError(f"cache_compress must be one of {COMPRESS_MODES}, got {cache_compress!r}")
+        self.cache_compress = cache_compress
+        if not isinstance(cache_rerotate, bool):
+            raise TypeError(f"cache_rerotate must be a bool, got {type(cache_rerotate).__name__}")
+        self.cache_rerotate = cache_rerotate
+        if cache is None and (cache_compress != "always" or cache_rerotate):
+            raise ValueError("cache_compress / cache_rerotate were given without cache=: name the policy")
         if cache is None and self.cache_params:
             raise ValueError(f"cache_params {sorted(self.cache_params)} were given without cache=: name the policy")
         #: Why the spec cannot attend with fewer queries than keys (a decode step), or None.
@@ -206,10 +218,16 @@ class Session:
         if isinstance(policy, str):
             policy = get_spec(policy, "cache")
         if isinstance(policy, KVCacheSpec):
-            return resolve(policy.factory)(policy.make_params(**self.cache_params))
-        if self.cache_params:
+            built = resolve(policy.factory)(policy.make_params(**self.cache_params))
+        elif self.cache_params:
             raise ValueError("cache_params only apply when cache is a policy name or KVCacheSpec")
-        return policy
+        else:
+            built = policy
+        if self.cache_compress != "always":
+            built.compress = self.cache_compress
+        if self.cache_rerotate:
+            built.rerotate = True
+        return built
 
     def new_cache(self) -> Any:
         """A fresh transformers ``Cache`` running this session's policy (``None`` without one)."""
@@ -482,6 +500,8 @@ def patch(
     backend: str | None = None,
     cache: Any = None,
     cache_params: Mapping[str, Any] | None = None,
+    cache_compress: str = "always",
+    cache_rerotate: bool = False,
     analyses: Sequence[Any] = (),
     layers: Sequence[int] | None = None,
 ) -> Iterator[Session]:
@@ -494,6 +514,13 @@ def patch(
         ``model.generate`` then gets a fresh :class:`attnkit.cache.AttnkitCache` per call
         unless ``past_key_values`` is passed. Use :meth:`Session.new_cache` for ``forward``.
     :param cache_params: the policy's parameters (``{"budget": 0.25}`` ...).
+    :param cache_compress: when the budget applies: ``"always"`` (after every forward: an
+        appended question and the answer are evicted like the context) or ``"prompt"`` (the
+        first forward, the context, is compressed once and what follows is kept: compress a
+        context, then ask it questions, as kvpress does).
+    :param cache_rerotate: re-rotate kept keys to contiguous positions (StreamingLLM's
+        position shift), so distances stay inside the cache's size and a model can run past
+        its ``max_position_embeddings`` with a bounded cache; needs plain RoPE.
     :param analyses: run-time plugins (objects with ``attnkit_sites`` / ``attnkit_capture`` /
         ``attnkit_edit`` hook implementations); only their sites are computed.
     :param layers: patch only these block indices (others keep transformers' attention).
@@ -508,6 +535,8 @@ def patch(
         backend=backend,
         cache=cache,
         cache_params=cache_params,
+        cache_compress=cache_compress,
+        cache_rerotate=cache_rerotate,
         analyses=analyses,
         layers=layers,
     )
