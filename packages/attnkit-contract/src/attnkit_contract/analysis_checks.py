@@ -217,9 +217,37 @@ def check_analysis_params_validate(spec: Any) -> None:
 
 
 #: name -> check function.
+def check_analysis_entry_points_resolve(spec: Any) -> None:
+    """Every entry the spec declares (``factory``, ``analyze``, ``main_job``) names an importable
+    callable, at least one is declared, and ``default_model`` is among ``models`` when those are
+    listed: ``attnkit analyze`` and ``attnkit run`` would otherwise fail only when called."""
+    from attnkit.registry import resolve
+
+    spec = _check_spec(spec)
+    entries = {n: getattr(spec, n, None) for n in ("factory", "analyze", "main_job")}
+    declared = {n: e for n, e in entries.items() if e is not None}
+    if not declared:
+        raise AssertionError(f"{spec.name}: declares none of factory, analyze, main_job: nothing can run it")
+    for n, e in declared.items():
+        try:
+            target = resolve(e)
+        except Exception as exc:
+            raise AssertionError(f"{spec.name}.{n} = {e!r} does not resolve: {type(exc).__name__}: {exc}") from exc
+        if not callable(target):
+            raise AssertionError(f"{spec.name}.{n} = {e!r} resolves to a {type(target).__name__}, not a callable")
+    models = tuple(getattr(spec, "models", ()) or ())
+    if models and spec.default_model not in models:
+        raise AssertionError(f"{spec.name}: default_model {spec.default_model!r} is not in models {models}")
+
+
+def _has_factory(spec: Any) -> bool:
+    return getattr(spec, "factory", None) is not None
+
+
 ANALYSIS_CHECKS: dict[str, Callable[[Any], None]] = {
     fn.__name__: fn
     for fn in (
+        check_analysis_entry_points_resolve,
         check_analysis_builds,
         check_analysis_sites_declared,
         check_analysis_observes_without_changing_the_model,
@@ -236,7 +264,19 @@ def _declares_invalid_values(spec: Any) -> bool:
 
 
 #: Which analysis checks apply to a spec, from what it declares (see ``checks.APPLIES``).
-ANALYSIS_APPLIES: dict[str, Callable[[Any], bool]] = {"check_analysis_params_validate": _declares_invalid_values}
+ANALYSIS_APPLIES: dict[str, Callable[[Any], bool]] = {
+    "check_analysis_params_validate": _declares_invalid_values,
+    # the run-time checks drive the factory's object under attnkit.patch
+    **dict.fromkeys(
+        (
+            "check_analysis_builds",
+            "check_analysis_sites_declared",
+            "check_analysis_observes_without_changing_the_model",
+            "check_analysis_deterministic",
+        ),
+        _has_factory,
+    ),
+}
 
 
 def analysis_contract_params(specs: Iterable[Any]) -> list[Any]:

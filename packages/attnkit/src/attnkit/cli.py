@@ -436,6 +436,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(run_main([a for a in args.run_args if a != "--"]) or 0)
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from attnkit.analyze import main as analyze_main
+
+    return int(analyze_main([a for a in args.analyze_args if a != "--"]) or 0)
+
+
 def _tolerance(text: str) -> float:
     """``--atol``: a finite number >= 0 (``nan`` would make a check that can never fail)."""
     try:
@@ -651,6 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_args", nargs=argparse.REMAINDER, help="options of attnkit run (attnkit run --help)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser(
+        "analyze",
+        help="one analysis plugin on an embedded model, with its report (attnkit analyze --list)",
+        add_help=False,
+    )
+    p.add_argument("analyze_args", nargs=argparse.REMAINDER, help="options of attnkit analyze (attnkit analyze --help)")
+    p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser(
         "export",
         help="export an attention spec, or a model patched with one, to ONNX and check it in onnxruntime",
         description="attnkit export SPEC OUT.onnx  |  attnkit export --model smollm2 --attention SPEC OUT.onnx",
@@ -709,6 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         # attnkit run owns its options (argparse would take --help for the top-level parser).
         args = argparse.Namespace(command="run", run_args=argv[1:], func=cmd_run)
+    elif argv[:1] == ["analyze"]:
+        args = argparse.Namespace(command="analyze", analyze_args=argv[1:], func=cmd_analyze)
     elif argv[:2] == ["models", "install"] and "--" in argv:
         # The words after "--" go to pip. argparse matches an empty list to a "*" positional
         # as soon as NAME is read, so "NAME --reinstall -- ..." would leave them unparsed.

@@ -435,13 +435,20 @@ class AnalysisSpec(Spec):
     :param main_job: ``"module:function"`` run by ``attnkit run``:
         ``(job: attnkit.mainjob.JobContext) -> attnkit.mainjob.AnalysisOutcome`` (the analysis
         over the job's cases, with its tables and figures for the report).
+    :param analyze: ``"module:function"`` run by ``attnkit analyze NAME``:
+        ``(ctx: attnkit.analyze.AnalyzeContext) -> attnkit.analyze.AnalyzeOutcome``.
+    :param default_model: the model ``attnkit analyze`` runs it on without ``--model``.
+    :param models: the models it can run on (empty: any embedded model).
     """
 
     kind: ClassVar[str] = "analysis"
 
-    factory: str | Callable[..., Any]
+    factory: str | Callable[..., Any] | None = None
     sites: tuple[str, ...] = ()
     main_job: str | None = None
+    analyze: str | Callable[..., Any] | None = None
+    default_model: str = "smollm2"
+    models: tuple[str, ...] = ()
 
 
 S = TypeVar("S", bound=Spec, contravariant=True)
