@@ -26,7 +26,10 @@ from attnkit_contract.cache_checks import (
 )
 
 load_plugins()
-BUILTIN = [registry.get(n, kind="cache") for n in ("full", "window", "sink_window", "snapkv", "observed_attention", "key_norm", "adakv")]
+BUILTIN = [
+    registry.get(n, kind="cache")
+    for n in ("full", "window", "sink_window", "snapkv", "observed_attention", "key_norm", "adakv")
+]
 
 
 @parametrize_with_cache_contract(BUILTIN)

@@ -84,7 +84,14 @@ def test_needle_cases_come_from_the_core(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_without_plugins_the_builtins_remain(plugin_env) -> None:  # type: ignore[no-untyped-def]
     with plugin_env(ATTNKIT_LOAD_PLUGINS="", ATTNKIT_DISABLE_PLUGINS=None):
-        assert sorted(_policies(_args())) == ["adakv", "key_norm", "observed_attention", "sink_window", "snapkv", "window"]
+        assert sorted(_policies(_args())) == [
+            "adakv",
+            "key_norm",
+            "observed_attention",
+            "sink_window",
+            "snapkv",
+            "window",
+        ]
         assert _analyses(_args()) == []
         # Naming a plugin's policy or analysis that is not installed fails before the model loads.
         with pytest.raises(SystemExit, match=r"--cache: unknown cache spec 'h2o'.*available: .*window"):
