@@ -369,7 +369,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 #: Benchmarks that span many specs rather than belonging to one.
-GROUP_BENCHES = {"cache": "attnkit.cache.bench:main"}
+GROUP_BENCHES = {"cache": "attnkit.cache.bench:main", "capture": "attnkit.runtime.bench:main"}
 
 
 def _bench_spec(name: str) -> Any:

@@ -1,0 +1,143 @@
+"""``attnkit bench capture``: what capturing attention patterns costs a prefill.
+
+On the embedded model at a given prompt length, side by side in one process and interleaved
+(the order rotating per round, median of the rounds): transformers' own SDPA (no attnkit),
+``attnkit.patch`` with no analysis, with one layer's ``hook_pattern`` captured (only that
+layer materialises probabilities, the others keep the fused kernel), with every layer's, and
+transformers' eager attention with ``output_attentions=True`` (what a user without attnkit
+does to see patterns). TransformerLens ``run_with_cache`` is added when ``transformer_lens`` is
+importable and builds the model from the loaded weights offline; otherwise the output says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _transformer_lens_row(model: Any, tok: Any) -> tuple[Callable[[Any], Any] | None, str]:
+    try:
+        import transformer_lens  # type: ignore[import-not-found]
+    except ImportError as exc:
+        return None, f"transformer_lens is not installed here ({exc})"
+    try:
+        hooked = transformer_lens.HookedTransformer.from_pretrained(
+            "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=model, tokenizer=tok, device="cpu"
+        )
+    except Exception as exc:  # offline it may insist on the hub's config
+        return None, f"transformer_lens could not build the model offline: {type(exc).__name__}: {str(exc)[:160]}"
+
+    def run(ids: Any) -> Any:
+        return hooked.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_pattern"))
+
+    return run, "run_with_cache, every layer's hook_pattern"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="attnkit bench capture", description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--length", type=int, default=1024, help="prompt tokens (default 1024)")
+    p.add_argument("--layer", type=int, default=None, help="the one layer captured (default: the middle one)")
+    p.add_argument("--repeat", type=int, default=5, help="rounds (median reported; default 5)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, metavar="PATH")
+    p.add_argument("--quick", action="store_true", help="256 tokens, 2 rounds")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    if args.quick:
+        args.length, args.repeat = 256, 2
+    if args.length < 2 or args.repeat < 1:
+        raise SystemExit(f"--length must be >= 2 and --repeat >= 1, got {args.length} and {args.repeat}")
+
+    import torch
+
+    import attnkit
+    from attnkit.cache.bench import prompt_ids
+    from attnkit.models import load
+    from attnkit.runtime import Capture
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load(args.model)
+    n_layers = model.config.num_hidden_layers
+    layer = n_layers // 2 if args.layer is None else args.layer
+    if not 0 <= layer < n_layers:
+        raise SystemExit(f"--layer must be in [0, {n_layers}), got {layer}")
+    ids, _ = prompt_ids(tok, args.length)
+
+    def patched(sites: list[str]) -> Callable[[Any], Any]:
+        def run(x: Any) -> Any:
+            analyses = [Capture(sites)] if sites else []
+            with attnkit.patch(model, "dense", analyses=analyses):
+                return model(input_ids=x).logits
+
+        return run
+
+    def unpatched(x: Any) -> Any:
+        return model(input_ids=x).logits
+
+    def eager(x: Any) -> Any:
+        saved = model.config._attn_implementation
+        model.set_attn_implementation("eager")
+        try:
+            return model(input_ids=x, output_attentions=True).attentions
+        finally:
+            model.set_attn_implementation(saved)
+
+    rows: dict[str, Callable[[Any], Any]] = {
+        "unpatched (transformers SDPA)": unpatched,
+        "attnkit, no capture": patched([]),
+        f"attnkit, pattern of layer {layer}": patched([f"blocks.{layer}.attn.hook_pattern"]),
+        "attnkit, pattern of every layer": patched(["blocks.{l}.attn.hook_pattern"]),
+        "transformers eager, output_attentions": eager,
+    }
+    tl_run, tl_note = _transformer_lens_row(model, tok)
+    if tl_run is not None:
+        rows["TransformerLens run_with_cache"] = tl_run
+    names = list(rows)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with torch.no_grad():
+        for fn in rows.values():  # warm-up
+            fn(ids[:, :32])
+        for r in range(args.repeat):
+            shift = r % len(names)
+            for n in names[shift:] + names[:shift]:
+                t0 = time.perf_counter()
+                rows[n](ids)
+                times[n].append(time.perf_counter() - t0)
+    base = statistics.median(times["attnkit, no capture"])
+    table = [
+        {"run": n, "median_s": statistics.median(times[n]), "vs_no_capture": statistics.median(times[n]) / base}
+        for n in names
+    ]
+    print(
+        f"prefill of {ids.shape[1]} tokens, {args.model} ({n_layers} layers), float32, "
+        f"{torch.get_num_threads()} threads, median of {args.repeat}"
+    )
+    print(f"{'run':<42}{'seconds':>10}{'vs no capture':>15}")
+    for row in table:
+        print(f"{row['run']:<42}{row['median_s']:>10.3f}{row['vs_no_capture']:>14.2f}x")
+    if tl_run is None:
+        print(f"TransformerLens: {tl_note}")
+    if args.json:
+        out = {
+            "model": args.model,
+            "tokens": int(ids.shape[1]),
+            "layers": n_layers,
+            "threads": torch.get_num_threads(),
+            "repeat": args.repeat,
+            "rows": table,
+            "transformer_lens": tl_note,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
