@@ -35,6 +35,8 @@ LONGHEADS = AttentionSpec(
         "longheads_attention",
         numba="torch selection, then a numba CPU kernel per query row over its chosen chunks' keys "
         "(per-chunk query rotation for rope_theta); backward recomputes the reference",
+        triton="torch selection, then a Triton forward with one program per query row over its chosen "
+        "chunks' contiguous keys (per-chunk query rotation for rope_theta); backward recomputes the reference",
         reference="plain torch: the selection as a dense mask, then dense attention under it "
         "(re-rotated logits for rope_theta); float32/float64",
         onnx="traceable selection, then each query over its chunks' keys (gathered_attention); "
