@@ -20,7 +20,9 @@ import torch
 import torch.distributed as dist
 
 import attnkit
+import attnkit_ring.distributed as ring_module
 from attnkit.reference import attention as dense
+from attnkit_ring.comm import count_sent_bytes, ring_send_bytes
 from attnkit_ring.distributed import (
     context_parallel_attention,
     gather_sequence,
@@ -83,6 +85,34 @@ def case_helper(rank, world):
     return {"out": _err(got, want), "shape": list(got.shape)}
 
 
+def case_bytes(rank, world):
+    """The bytes the p2p ring posts to batch_isend_irecv, counted, vs the closed form; uneven
+    shards, Dv != D, float32."""
+    q, k, v = _qkv(2, 4, 2, 13, 13, 8, dv=6, dtype=torch.float32)
+    qs, ks, vs = (shard_sequence(x) for x in (q, k, v))
+    with count_sent_bytes() as seen:
+        ring_attention_shards(qs, ks, vs, is_causal=True, rotate="p2p")
+    lengths = [shard_bounds(13, world, r)[1] - shard_bounds(13, world, r)[0] for r in range(world)]
+    return {
+        "sent": seen.sent,
+        "received": seen.received,
+        "formula": ring_send_bytes(lengths, rank, batch=2, kv_heads=2, head_dim=8, v_head_dim=6, element_size=4),
+        "formula_received": ring_send_bytes(
+            lengths, (rank - 1) % world, batch=2, kv_heads=2, head_dim=8, v_head_dim=6, element_size=4
+        ),
+    }
+
+
+def case_chunked(rank, world, *, causal):
+    """The ring with a logits budget so small that every block is computed in 2-row chunks."""
+    saved = ring_module.MAX_BLOCK_LOGITS
+    ring_module.MAX_BLOCK_LOGITS = 2 * 4 * 2 * 9  # B * Hq * 2 rows * the 9 keys of a block
+    try:
+        return case_spec(rank, world, tq=17, tk=17, hq=4, hkv=2, causal=causal, rotate="p2p")
+    finally:
+        ring_module.MAX_BLOCK_LOGITS = saved
+
+
 def case_refusals(rank, world):
     """Causal shards of different query / key lengths raise on every rank, naming the sizes;
     p2p with gradients is refused by the registry (the reference is never chosen silently)."""
@@ -118,6 +148,9 @@ def fast(rank, world):
     res["grad-full"] = case_gradients(rank, world, causal=False)
     res["helper"] = case_helper(rank, world)
     res["refusals"] = case_refusals(rank, world)
+    res["bytes"] = case_bytes(rank, world)
+    res["chunked-full"] = case_chunked(rank, world, causal=False)
+    res["chunked-causal"] = case_chunked(rank, world, causal=True)
     return res
 
 

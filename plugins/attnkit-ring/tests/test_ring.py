@@ -135,7 +135,7 @@ def _cases(reports, prefix):
     return [(r, n, rep[n]) for r, rep in enumerate(reports) for n in names]
 
 
-@pytest.mark.parametrize("prefix", ["mha-", "gqa-", "uneven-", "cross-"])
+@pytest.mark.parametrize("prefix", ["mha-", "gqa-", "uneven-", "cross-", "chunked-"])
 def test_two_ranks_equal_single_process_float64(fast_reports, prefix):
     for rank, name, res in _cases(fast_reports, prefix):
         assert res["dtype"] == "torch.float64"
@@ -163,6 +163,14 @@ def test_two_ranks_allgather_gradients(fast_reports):
 def test_two_ranks_context_parallel_helper(fast_reports):
     for rank, _, res in _cases(fast_reports, "helper"):
         assert res["shape"] == [1, 6, 11, 8] and res["out"] < 1e-12, f"rank {rank}: {res}"
+
+
+def test_two_ranks_bytes_sent_equal_the_closed_form(fast_reports):
+    # 13 tokens over 2 ranks (7 + 6), B=2, Hkv=2, D=8, Dv=6, float32: one ring step per call
+    for rank, rep in enumerate(fast_reports):
+        res = rep["bytes"]
+        assert res["sent"] == res["formula"] == [[7, 6][rank] * 2 * 2 * (8 + 6) * 4], f"rank {rank}: {res}"
+        assert res["received"] == res["formula_received"] == [[6, 7][rank] * 2 * 2 * (8 + 6) * 4], res
 
 
 def test_two_ranks_refusals(fast_reports):

@@ -4,8 +4,9 @@ Run it with ``torchrun --nproc-per-node 2 -m attnkit_ring.demo`` (gloo on CPU, N
 CUDA is available; one GPU per rank, ``cuda:LOCAL_RANK``). Every rank builds the same full
 ``q, k, v`` from a seed and keeps its contiguous shard; ring attention runs on the shards; the
 outputs are gathered and rank 0 compares them with single-process attention over the whole
-sequence and prints both timings, their ratio and the bytes each rank sends per ring step.
-Without ``torchrun`` it runs in one process (computed locally).
+sequence (the same dense attention in query-row chunks, so ``T = 32768`` fits in memory) and
+prints both timings, their ratio, the threads per process and the bytes each rank sends per
+ring step. Without ``torchrun`` it runs in one process (computed locally).
 """
 
 from __future__ import annotations
@@ -17,8 +18,19 @@ import time
 import torch
 import torch.distributed as dist
 
-from attnkit.reference import attention as dense
-from attnkit_ring.distributed import gather_sequence, ring_attention_shards, shard_sequence
+from attnkit_ring.comm import ring_send_bytes
+from attnkit_ring.distributed import (
+    chunked_attention,
+    gather_sequence,
+    ring_attention_shards,
+    shard_bounds,
+    shard_sequence,
+)
+
+
+def _shard_len(length: int, world: int, rank: int) -> int:
+    start, stop = shard_bounds(length, world, rank)
+    return stop - start
 
 
 def _time(fn, repeat: int, *, collective: bool) -> tuple[float, object]:
@@ -72,19 +84,26 @@ def main(argv: list[str] | None = None) -> None:
         full = gather_sequence(out.to(dtype))
         t_one = want = None
         if rank == 0:
-            t_one, want = _time(lambda: dense(q, k, v, is_causal=args.causal), args.repeat, collective=False)
+            one = lambda: chunked_attention(q, k, v, is_causal=args.causal)[0]  # noqa: E731
+            t_one, want = _time(one, args.repeat, collective=False)
     if rank == 0:
         err = float((full.double() - want.double()).abs().max())
-        step_bytes = 2 * b * hkv * (t // world) * d * q.element_size()
+        lengths = [_shard_len(t, world, r) for r in range(world)]
+        steps = ring_send_bytes(lengths, 0, batch=b, kv_heads=hkv, head_dim=d, element_size=q.element_size())
+        step_bytes = steps[0] if steps else 0
         backend = dist.get_backend() if dist.is_initialized() else "none"
         print(
             f"ring attention: world={world} ({backend}, {device.type}) B={b} Hq={hq} Hkv={hkv} T={t} D={d} "
-            f"causal={args.causal} rotate={args.rotate} {args.dtype}"
+            f"causal={args.causal} rotate={args.rotate} {args.dtype} threads/process={torch.get_num_threads()}"
         )
-        print(f"  shard per rank: {qs.shape[2]} tokens; K+V sent per rank per ring step: {step_bytes / 2**20:.2f} MiB")
+        print(
+            f"  shard per rank: {qs.shape[2]} tokens; K+V sent per rank per ring step: {step_bytes / 2**20:.2f} MiB"
+            f", {world - 1} ring step(s)"
+        )
         print(f"  max |ring - single process| = {err:.2e}")
         print(f"  time: ring {t_ring * 1e3:.1f} ms, single process {t_one * 1e3:.1f} ms, ratio {t_ring / t_one:.2f}")
     if dist.is_initialized():
+        dist.barrier()  # every rank done talking before any tears gloo down
         dist.destroy_process_group()
 
 

@@ -5,7 +5,7 @@ rank ``r`` holds the queries, keys and values of tokens ``[offset_r, offset_r + 
 ``offset_r = T_0 + ... + T_{r-1}`` (for an even split of ``T`` tokens, ``[r*T/W, (r+1)*T/W)``;
 :func:`shard_sequence` cuts a full tensor that way). Each rank keeps its query block and the
 key/value blocks travel around the ring; every block's attention (attnkit's dense reference,
-which returns the log-sum-exp) is merged into the running output with attnkit's LSE merge
+which returns the log-sum-exp, in query-row chunks: :func:`chunked_attention`) is merged into the running output with attnkit's LSE merge
 (:func:`attnkit.reference.merge_attention`). The result on rank ``r`` is rows
 ``[offset_r, offset_r + T_r)`` of single-process attention over the whole sequence.
 
@@ -39,7 +39,9 @@ from attnkit.reference import attention, merge_attention
 from attnkit.reference.dense import work_dtype
 
 __all__ = [
+    "MAX_BLOCK_LOGITS",
     "can_run",
+    "chunked_attention",
     "context_parallel_attention",
     "gather_sequence",
     "is_distributed",
@@ -146,13 +148,69 @@ def _exchange_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causa
     return tks
 
 
+#: Most logits (``B * Hq * rows * Tk`` elements) one dense product may hold at once; a larger
+#: block is computed in query-row chunks (64 MiB per float32 copy of the logits; the dense
+#: reference holds a few such copies). Without it one rank's block at ``T = 16384``, ``H = 8``
+#: needs tens of GiB.
+MAX_BLOCK_LOGITS = 1 << 24
+
+
+def chunked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    is_causal: bool = False,
+    scale: float | None = None,
+    max_logits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention with its LSE (attnkit's reference), computed in query-row chunks so that
+    at most ``max_logits`` logits exist at once; rows are independent, so this is the same
+    attention (and the same non-finite rule) as one call over all rows.
+
+    With ``is_causal`` (bottom-right aligned, as the reference) a chunk of rows ``[a, b)`` only
+    takes the keys ``[0, b + Tk - Tq)`` it may see, so causal chunks also skip the masked work.
+
+    :param q: ``(B, Hq, Tq, D)``; ``k (B, Hkv, Tk, D)``, ``v (B, Hkv, Tk, Dv)``.
+    :param max_logits: the logits budget, default :data:`MAX_BLOCK_LOGITS`.
+    :returns: ``out (B, Hq, Tq, Dv)`` in ``q.dtype`` and ``lse (B, Hq, Tq)`` (working dtype).
+    :raises ValueError: ``max_logits < 1``.
+    """
+    budget = MAX_BLOCK_LOGITS if max_logits is None else max_logits
+    if budget < 1:
+        raise ValueError(f"max_logits must be >= 1, got {max_logits}")
+    b, hq, tq, _ = q.shape
+    tk = k.shape[2]
+    if b * hq * tq * tk <= budget or tq <= 1:
+        return attention(q, k, v, is_causal=is_causal, scale=scale, return_lse=True)
+    rows = max(1, budget // max(1, b * hq * tk))
+    outs, lses = [], []
+    for start in range(0, tq, rows):
+        stop = min(tq, start + rows)
+        qc = q[:, :, start:stop]
+        if not is_causal:
+            o, s = attention(qc, k, v, scale=scale, return_lse=True)
+        elif stop + tk - tq >= 1:
+            # The chunk's keys end where its last row's view ends: the bottom-right aligned mask
+            # of the chunk over those keys is the chunk's rows of the full causal mask.
+            n = stop + tk - tq
+            o, s = attention(qc, k[:, :, :n], v[:, :, :n], is_causal=True, scale=scale, return_lse=True)
+        else:
+            # Tq > Tk and no row of the chunk sees a key: one key, masked out for every row.
+            none = torch.zeros(stop - start, 1, dtype=torch.bool, device=q.device)
+            o, s = attention(qc, k[:, :, :1], v[:, :, :1], mask=none, scale=scale, return_lse=True)
+        outs.append(o)
+        lses.append(s)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
 def _block(
     qw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of the local queries (working dtype) over one key/value block, with LSE."""
+    """Attention of the local queries (working dtype) over one key/value block, with LSE
+    (in query-row chunks of at most :data:`MAX_BLOCK_LOGITS` logits)."""
     wd = qw.dtype
-    out, lse = attention(qw, k.to(wd), v.to(wd), is_causal=causal, scale=scale, return_lse=True)
-    return out, lse
+    return chunked_attention(qw, k.to(wd), v.to(wd), is_causal=causal, scale=scale)
 
 
 def ring_attention_shards(
