@@ -93,6 +93,17 @@ def _block_sums(x: torch.Tensor, front: Any, blocks: Any, size: int) -> tuple[to
     return sums, counts
 
 
+def _finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its non-finite rows (last axis) set to zeros, in ``x``'s dtype (the float64
+    cast that follows keeps finite values and zeros as they are, so this equals zeroing after
+    it). Eager: a row is finite exactly when ``max |x|`` is (``amax`` propagates NaN), one
+    cheap reduction instead of an elementwise test. While exporting: the core's rule, whose
+    ops have the same meaning in ONNX."""
+    if torch.compiler.is_exporting():
+        return zero_non_finite_rows(x)
+    return x.masked_fill(~x.abs().amax(-1, keepdim=True).isfinite(), 0.0)
+
+
 def chunk_scores(q: torch.Tensor, k: torch.Tensor, params: DhsaParams) -> torch.Tensor:
     """float64 ``(B, Hs, nb, chunks)``: ``q̄_block · k̄_chunk`` of the length-normalised
     representations (query blocks aligned with the keys, see the module docstring)."""
@@ -103,8 +114,8 @@ def chunk_scores(q: torch.Tensor, k: torch.Tensor, params: DhsaParams) -> torch.
     first = offset // bs
     blocks = (tk - 1) // bs - first + 1
     chunks = (tk + cs - 1) // cs
-    qf = zero_non_finite_rows(q.detach().to(torch.float64))
-    kf = zero_non_finite_rows(k.detach().to(torch.float64))
+    qf = _finite_rows(q.detach()).to(torch.float64)
+    kf = _finite_rows(k.detach()).to(torch.float64)
     if params.share_heads:
         qh, kh = qf.mean(1, keepdim=True), kf.mean(1, keepdim=True)
     else:

@@ -33,9 +33,10 @@ PAPER = Paper(
 # No brute-force ``mask``: the grouped softmax is not dense attention under a mask (a block's
 # weights are a product of two softmaxes), and the retrieval's blocks depend on q and k. The
 # contract's oracle is the float64 reference; the tests hold it to the paper's two softmaxes
-# written out per query. No Triton kernel yet, and no flex backend: a score_mod needs the
-# per-(query, block) LSE of a first pass (spec S5 (d)), and causal landmark attention reads
-# every earlier key, so a BlockMask would skip nothing (README, "Backends").
+# written out per query. A Triton forward for ``landmark`` (none yet for the retrieval), and no
+# flex backend: a score_mod needs the per-(query, block) LSE of a first pass (spec S5 (d)), and
+# causal landmark attention reads every earlier key, so a BlockMask would skip nothing (README,
+# "Backends").
 LANDMARK = AttentionSpec(
     name="landmark",
     paper=PAPER,
@@ -47,6 +48,8 @@ LANDMARK = AttentionSpec(
         "landmark_attention",
         numba="numba CPU kernel, one query block per task, current section and landmark-gated blocks "
         "merged by an online softmax; backward recomputes the reference",
+        triton="Triton forward, one key block per step folded into an online softmax over the rewritten "
+        "logits (CUDA; CPU under TRITON_INTERPRET=1); backward recomputes the reference",
         reference={
             "traceable": True,
             "description": "plain torch: the grouped softmax as one softmax over rewritten logits "

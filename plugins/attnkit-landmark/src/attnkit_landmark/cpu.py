@@ -11,8 +11,9 @@ A task takes the queries of one block ``r`` (one batch entry, one query head) an
 
 ``out = sum exp(W - lse) Y`` with ``lse = log sum exp W`` is exactly the grouped softmax (and
 its LSE that of the reference's single softmax). For retrieval the task first scores every
-eligible landmark per query, keeps the ``top_k`` best (stable order: ties keep the lower
-block, as the reference's stable sort) and visits only blocks some query of the tile keeps.
+eligible landmark per query, keeps the ``top_k`` best (a partial selection, ``O(top_k)``
+passes; ties keep the lower block, as the reference's stable sort) and visits only blocks some
+query of the tile keeps, computing each block's logits only for the queries that keep it.
 
 Input checks, BLAS / numba threads, the flattening and autograd (gradients recompute
 :mod:`attnkit_landmark.reference`) come from :mod:`attnkit.kernels.cpu`, and so does the
@@ -82,22 +83,25 @@ def _grouped_forward(q, k, v, out, lse, scale, bs, causal, group, top_k):  # typ
                 for e in range(n_elig):
                     lm[e] = k[b, kv, elig[e] * bs + bs - 1]
                 s_lm = np.dot(qt, lm.T)  # (rows, n_elig)
+                taken = np.zeros(n_elig, np.bool_)
                 for row in range(rows):
+                    for e in range(n_elig):
+                        if s_lm[row, e] != s_lm[row, e]:
+                            bad[row] = True
                     if top_k >= n_elig:
                         for e in range(n_elig):
-                            if s_lm[row, e] != s_lm[row, e]:
-                                bad[row] = True
                             keep[row, elig[e]] = True
                         continue
-                    neg = np.empty(n_elig)
-                    for e in range(n_elig):
-                        x = s_lm[row, e]
-                        if x != x:
-                            bad[row] = True
-                        neg[e] = -x
-                    order = np.argsort(neg, kind="mergesort")
-                    for e in range(top_k):
-                        keep[row, elig[order[e]]] = True
+                    # Partial selection, O(top_k * n_elig): the best remaining block, ties to the
+                    # lower block (what a stable descending sort keeps).
+                    taken[:] = False
+                    for _ in range(top_k):
+                        best = -1
+                        for e in range(n_elig):
+                            if not taken[e] and (best < 0 or s_lm[row, e] > s_lm[row, best]):
+                                best = e
+                        taken[best] = True
+                        keep[row, elig[best]] = True
                 for e in range(n_elig):
                     for row in range(rows):
                         if keep[row, elig[e]]:
@@ -109,36 +113,51 @@ def _grouped_forward(q, k, v, out, lse, scale, bs, causal, group, top_k):  # typ
                 continue
             k0 = j * bs
             k1 = min(k0 + bs, tk)
-            s = np.dot(qt, np.ascontiguousarray(k[b, kv, k0:k1]).T)  # (rows, <= bs)
-            n_reg = min(bs - 1, k1 - k0)
-            probs = np.zeros((rows, k1 - k0), q.dtype)
-            w = np.empty(rows)
+            # The rows that use block j: all for the own block and for landmark, else those keeping it.
+            sel = np.empty(rows, np.int64)
+            n_sel = 0
             for row in range(rows):
+                if j == r or keep[row, j]:
+                    sel[n_sel] = row
+                    n_sel += 1
+            if n_sel == 0:
+                continue
+            if n_sel == rows:
+                qs = qt
+            else:
+                qs = np.empty((n_sel, d), q.dtype)
+                for a_ in range(n_sel):
+                    qs[a_] = qt[sel[a_]]
+            s = np.dot(qs, np.ascontiguousarray(k[b, kv, k0:k1]).T)  # (n_sel, <= bs)
+            n_reg = min(bs - 1, k1 - k0)
+            probs = np.zeros((n_sel, k1 - k0), q.dtype)
+            w = np.empty(n_sel)
+            for a_ in range(n_sel):
+                row = sel[a_]
                 limit = n_reg
                 if j == r and causal:
                     limit = min(n_reg, i0 + row + off - k0 + 1)
                 mx = -np.inf
                 for u in range(limit):
-                    if s[row, u] > mx:  # a NaN logit is skipped here and poisons the row below
-                        mx = s[row, u]
+                    if s[a_, u] > mx:  # a NaN logit is skipped here and poisons the row below
+                        mx = s[a_, u]
                 total = 0.0
                 for u in range(limit):
-                    e = math.exp(s[row, u] - mx)
-                    probs[row, u] = e
+                    e = math.exp(s[a_, u] - mx)
+                    probs[a_, u] = e
                     total += e
                 for u in range(limit):
-                    probs[row, u] /= total
+                    probs[a_, u] /= total
                 if j == r:
-                    w[row] = mx + math.log(total) if limit > 0 else -np.inf
+                    w[a_] = mx + math.log(total) if limit > 0 else -np.inf
                 elif total != total:  # a NaN logit in the block
-                    w[row] = np.nan
+                    w[a_] = np.nan
                 else:
-                    w[row] = s[row, bs - 1]  # the landmark's logit gates the block
-            y = np.dot(probs, np.ascontiguousarray(v[b, kv, k0:k1]))  # (rows, Dv)
-            for row in range(rows):
-                if j != r and not keep[row, j]:
-                    continue
-                wr = w[row]
+                    w[a_] = s[a_, bs - 1]  # the landmark's logit gates the block
+            y = np.dot(probs, np.ascontiguousarray(v[b, kv, k0:k1]))  # (n_sel, Dv)
+            for a_ in range(n_sel):
+                row = sel[a_]
+                wr = w[a_]
                 if wr != wr:  # a NaN logit: the row is NaN
                     bad[row] = True
                     continue
@@ -151,7 +170,7 @@ def _grouped_forward(q, k, v, out, lse, scale, bs, causal, group, top_k):  # typ
                 c = math.exp(wr - mn)
                 l_run[row] = l_run[row] * a + c
                 for col in range(dv):
-                    acc[row, col] = acc[row, col] * a + c * y[row, col]
+                    acc[row, col] = acc[row, col] * a + c * y[a_, col]
                 m_run[row] = mn
         for row in range(rows):
             i = i0 + row
