@@ -43,7 +43,7 @@ def _gathered_forward(q, k, v, index, n_kept, out, lse, scale, offset, first, bs
 
     One task per ``(batch, key/value head, query block)``: the block's keys and values are
     gathered once and serve the ``group`` query heads that share them."""
-    n_b, hq, tq, d = q.shape
+    n_b, _hq, tq, d = q.shape
     hkv = k.shape[1]
     dv = v.shape[3]
     hs = index.shape[1]

@@ -174,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for length in lengths:
             depth = 50.0 if args.cases == 1 else 100.0 * i / (args.cases - 1)
             seed = args.seed * 7919 + i
-            cases.append((length, fit_case(tok, length, depth, seed=seed, needle=NEEDLES[(args.seed + i) % len(NEEDLES)])))
+            cases.append(
+                (length, fit_case(tok, length, depth, seed=seed, needle=NEEDLES[(args.seed + i) % len(NEEDLES)]))
+            )
     # warm-up: numba compilation and first-call allocations of both arms
     warm = cases[0][1].tensor()[:, :512]
     for arm in ("dense", "dhsa"):
