@@ -113,7 +113,7 @@ def test_list_names_the_analysis_its_model_and_sites(capsys: pytest.CaptureFixtu
         main(["--list", "--json"])
         rows = json.loads(capsys.readouterr().out)
     assert "testing.count" in text and "[tiny-words]" in text
-    assert [r["name"] for r in rows] == ["testing.count"]
+    assert "testing.count" in [r["name"] for r in rows]  # beside any installed analysis plugin
 
 
 def test_an_embedded_model_name_is_required_to_load() -> None:
