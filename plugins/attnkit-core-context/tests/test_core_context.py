@@ -207,3 +207,32 @@ def test_entry_module_imports_no_torch():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"
     )
+
+
+@pytest.mark.parametrize(("g", "s"), [(5, 7), (16, 64), (4, 0)])
+def test_numba_matches_the_oracle_across_query_tiles(g, s):
+    """Sequences longer than the numba kernel's tile of query rows: tiles whose rows see
+    different numbers of core tokens, and a last partial tile."""
+    from attnkit_core_context.cpu import TILE
+
+    n = 2 * TILE + 22
+    q, k, v = _qkv(n=n, b=1, hq=2, hkv=1, d=4)
+    got, lse = CORE_CONTEXT(q, k, v, group_size=g, window=s, is_causal=True, backend="numba", return_lse=True)
+    torch.testing.assert_close(got, cca(q, k, v, g, s), rtol=0, atol=1e-12)
+    want_lse = CORE_CONTEXT(q, k, v, group_size=g, window=s, is_causal=True, backend="reference", return_lse=True)[1]
+    torch.testing.assert_close(lse, want_lse, rtol=0, atol=1e-12)
+
+
+def test_numba_keeps_a_non_finite_key_from_rows_that_cannot_see_it():
+    """A NaN key at token 70 (group 17 with g = 4) poisons its core token; in the tile of
+    rows 64..127 the rows 64..69 see neither it nor its core token and stay finite."""
+    from attnkit_core_context.cpu import TILE
+
+    assert TILE == 64  # the scenario below is laid out for this tile
+    q, k, v = _qkv(n=150, b=1, hq=2, hkv=1, d=4)
+    k[0, 0, 70, 1] = float("nan")
+    kw = {"group_size": 4, "window": 8, "is_causal": True}
+    got = CORE_CONTEXT(q, k, v, backend="numba", **kw)
+    want = CORE_CONTEXT(q, k, v, backend="reference", **kw)
+    assert torch.isfinite(got[:, :, :70]).all() and torch.isnan(got[:, :, 70:]).all()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12, equal_nan=True)

@@ -34,8 +34,8 @@ CORE_CONTEXT = AttentionSpec(
     backends=standard_backends(
         "attnkit_core_context",
         "core_context_attention",
-        numba="core tokens pooled in torch, then a numba CPU kernel per query row over its core tokens "
-        "and local window; backward recomputes the reference",
+        numba="core tokens pooled in torch, then a numba CPU kernel per tile of 64 query rows (BLAS logits "
+        "and values over the tile's core tokens and local band, softmax per row); backward recomputes the reference",
         triton="core tokens pooled in torch, then a Triton forward over each query block's core tokens "
         "and local window (CUDA; CPU under TRITON_INTERPRET=1); backward recomputes the reference",
         reference={
