@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 import torch
 
 from attnkit.cache.params import resolve_budget
-from attnkit.cache.policy import CachePolicy, LayerState, compact
+from attnkit.cache.policy import CachePolicy, LayerState, compact, step_probabilities
 from attnkit_lazyeviction.params import LazyEvictionParams
 
 __all__ = ["LAST", "MRI", "LazyEvictionPolicy", "build", "mri_score", "update_recurrence"]
@@ -218,57 +218,24 @@ class LazyEvictionPolicy(CachePolicy):
         One new token may sit in any slot and sees every stored key; several new tokens are the
         last slots, in order (a chunk of queries sees the keys up to its last query, causally
         among the new ones)."""
-        b, hq, tq, d = query.shape
-        hkv = state.kbuf.shape[1]
-        g = hq // hkv
+        b, hq, tq, _ = query.shape
         work = torch.float64 if state.kbuf.dtype == torch.float64 else torch.float32
-        keys, values = state.keys.to(work), state.values.to(work)
         last, mri = state.extra_view(LAST), state.extra_view(MRI)
-        holes = state.has_holes
-        if tq == 1:
-            q1 = query.to(work).reshape(b, hkv, g, d)
-            logits = torch.matmul(q1, keys.transpose(-1, -2)) * scaling  # (B, Hkv, G, hi)
-            if holes:
-                logits = logits.masked_fill(~state.valid.unsqueeze(2), float("-inf"))
-                probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-            else:
-                probs = torch.softmax(logits, dim=-1)
-            imp = self._aggregate(probs) >= self.alpha  # (B, Hkv, hi)
-            step = torch.tensor([state.seen - 1], dtype=torch.int64, device=query.device)
-            new_last, new_mri = update_recurrence(last, mri, imp.unsqueeze(-2), step)
-            last.copy_(new_last)
-            mri.copy_(new_mri)
-            if not want_output:
-                return None
-            return torch.matmul(probs, values).reshape(b, hq, 1, -1).to(query.dtype)
-        valid = state.valid.view(b, hkv, 1, 1, -1) if holes else None
-        hi = state.hi
         outs: list[torch.Tensor] = []
-        for start in range(0, tq, self.chunk):
-            stop = min(tq, start + self.chunk)
-            n = stop - start
-            kend = hi - tq + stop  # keys this chunk's queries may see
-            q = query[:, :, start:stop].to(work).reshape(b, hkv, g, n, d)
-            logits = torch.einsum("bhgqd,bhkd->bhgqk", q, keys[:, :, :kend]) * scaling
-            if n > 1:
-                tri = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-                logits[..., kend - n :] = logits[..., kend - n :].masked_fill(~tri, float("-inf"))
-            if valid is not None:
-                logits = logits.masked_fill(~valid[..., :kend], float("-inf"))
-                probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # padding queries see nothing
-            else:
-                probs = torch.softmax(logits, dim=-1)
+        for start, stop, kend, probs, out in step_probabilities(
+            state, query, scaling, dtype=work, chunk=self.chunk, want_output=want_output
+        ):
             imp = self._aggregate(probs.transpose(2, 3)) >= self.alpha  # (B, Hkv, n, kend)
             steps = torch.arange(state.seen - tq + start, state.seen - tq + stop, device=query.device)
             new_last, new_mri = update_recurrence(last[..., :kend], mri[..., :kend], imp, steps)
             last[..., :kend] = new_last
             mri[..., :kend] = new_mri
-            if want_output:
-                outs.append(torch.einsum("bhgqk,bhkd->bhgqd", probs, values[:, :, :kend]))
+            if out is not None:
+                outs.append(out)
         if not want_output:
             return None
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
-        return out.reshape(b, hq, tq, -1).to(query.dtype)
+        merged = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
+        return merged.reshape(b, hq, tq, -1).to(query.dtype)
 
     def _aggregate(self, probs: torch.Tensor) -> torch.Tensor:
         """``(B, Hkv, ..., G, K)`` -> ``(B, Hkv, ..., K)``: the GQA group's probability."""

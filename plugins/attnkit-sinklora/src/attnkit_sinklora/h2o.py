@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from attnkit.cache.params import resolve_budget
-from attnkit.cache.policy import CachePolicy, LayerState
+from attnkit.cache.policy import CachePolicy, LayerState, step_probabilities
 from attnkit_sinklora.h2o_params import H2OParams, split_budget
 
 __all__ = ["SCORE", "H2OPolicy", "build"]
@@ -99,56 +99,25 @@ class H2OPolicy(CachePolicy):
         Uses the storage layout: one new token may sit in any slot (it sees every stored key);
         several new tokens are the last slots, in order, so a chunk of queries needs the keys up
         to its last query only and a causal triangle on its own columns."""
-        b, hq, tq, d = query.shape
+        b, hq, tq, _ = query.shape
         hkv = state.kbuf.shape[1]
-        g = hq // hkv
         score = state.extra_view(SCORE)
-        work = score.dtype
-        keys, values = state.keys.to(work), state.values.to(work)
-        holes = state.has_holes
-        if tq == 1:
-            # a decode step: one query per head sees every stored key (no causal mask)
-            q1 = query.to(work).reshape(b, hkv, g, d)
-            logits = torch.matmul(q1, keys.transpose(-1, -2)) * scaling  # (B, Hkv, G, hi)
-            if holes:
-                logits = logits.masked_fill(~state.valid.unsqueeze(2), float("-inf"))
-                probs1 = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-            else:
-                probs1 = torch.softmax(logits, dim=-1)
-            score.add_(probs1.mean(dim=2) if self.aggregation == "mean" else probs1.amax(dim=2))
-            if not want_output:
-                return None
-            return torch.matmul(probs1, values).reshape(b, hq, 1, -1).to(query.dtype)
-        valid = state.valid.view(b, hkv, 1, 1, -1) if holes else None
-        hi = state.hi
-        colsum = torch.zeros(b, hkv, g, hi, dtype=work, device=query.device)
+        colsum = torch.zeros(b, hkv, hq // hkv, state.hi, dtype=score.dtype, device=query.device)
         outs: list[torch.Tensor] = []
-        for start in range(0, tq, self.chunk):
-            stop = min(tq, start + self.chunk)
-            n = stop - start
-            kend = hi - tq + stop  # keys this chunk's queries may see
-            q = query[:, :, start:stop].to(work).reshape(b, hkv, g, n, d)
-            logits = torch.einsum("bhgqd,bhkd->bhgqk", q, keys[:, :, :kend]) * scaling
-            if n > 1:
-                tri = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-                logits[..., kend - n :] = logits[..., kend - n :].masked_fill(~tri, float("-inf"))
-            if valid is not None:
-                logits = logits.masked_fill(~valid[..., :kend], float("-inf"))
-                probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # padding queries see nothing
-            else:
-                probs = torch.softmax(logits, dim=-1)
+        for _, _, kend, probs, out in step_probabilities(
+            state, query, scaling, dtype=score.dtype, chunk=self.chunk, want_output=want_output
+        ):
             # (B, Hkv, G, Tk): attention each key got from this chunk's queries, per query head
             colsum[..., :kend] += probs.sum(dim=3)
-            if want_output:
-                outs.append(torch.einsum("bhgqk,bhkd->bhgqd", probs, values[:, :, :kend]))
+            if out is not None:
+                outs.append(out)
         # the group is aggregated after summing over the step's queries, so "max" is the
         # largest per-query-head total of this step
-        step = colsum.mean(dim=2) if self.aggregation == "mean" else colsum.amax(dim=2)
-        score.add_(step)
+        score.add_(colsum.mean(dim=2) if self.aggregation == "mean" else colsum.amax(dim=2))
         if not want_output:
             return None
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
-        return out.reshape(b, hq, tq, -1).to(query.dtype)
+        merged = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
+        return merged.reshape(b, hq, tq, -1).to(query.dtype)
 
     def scores(self, state: LayerState) -> torch.Tensor:
         return state.extra_view(SCORE)

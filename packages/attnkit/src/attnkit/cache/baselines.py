@@ -82,7 +82,7 @@ from attnkit.cache.baseline_params import (
     check_alpha_safeguard,
 )
 from attnkit.cache.params import resolve_budget
-from attnkit.cache.policy import CachePolicy, LayerState
+from attnkit.cache.policy import CachePolicy, LayerState, step_probabilities
 
 __all__ = [
     "AdaptiveAllocation",
@@ -146,58 +146,26 @@ def attention_column_sums(
         query's dtype.
     :returns: ``(sums, out)``: ``sums`` ``(B, Hkv, G, hi)`` in float32 (float64 for float64 keys).
     """
-    b, hq, tq, d = query.shape
+    b, hq, tq, _ = query.shape
     hkv = state.kbuf.shape[1]
-    g = hq // hkv
     work = _work_dtype(state)
-    hi = state.hi
-    keys = state.keys.to(work)
-    values = state.values.to(work) if want_output else None
-    valid = state.valid if state.has_holes else None
     pos = state.positions
-    sums = torch.zeros(b, hkv, g, hi, dtype=work, device=query.device)
-    if tq == 1:
-        q1 = query.to(work).reshape(b, hkv, g, d)
-        logits = torch.matmul(q1, keys.transpose(-1, -2)) * scaling  # (B, Hkv, G, hi)
-        if valid is not None:
-            logits = logits.masked_fill(~valid.unsqueeze(2), float("-inf"))
-            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-        else:
-            probs = torch.softmax(logits, dim=-1)
-        out = None
-        if want_output:
-            assert values is not None
-            out = torch.matmul(probs, values).reshape(b, hq, 1, -1).to(query.dtype)
-        if reach is not None:
-            probs = probs * (pos > state.seen - 1 - reach).unsqueeze(2)
-        return sums + probs, out
+    sums = torch.zeros(b, hkv, hq // hkv, state.hi, dtype=work, device=query.device)
     outs: list[torch.Tensor] = []
-    vmask = valid.view(b, hkv, 1, 1, hi) if valid is not None else None
-    for start in range(first, tq, chunk):
-        stop = min(tq, start + chunk)
-        n = stop - start
-        kend = hi - tq + stop  # the keys these queries may see
-        q = query[:, :, start:stop].to(work).reshape(b, hkv, g, n, d)
-        logits = torch.einsum("bhgqd,bhkd->bhgqk", q, keys[:, :, :kend]) * scaling
-        if n > 1:
-            tri = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-            logits[..., kend - n :] = logits[..., kend - n :].masked_fill(~tri, float("-inf"))
-        if vmask is not None:
-            logits = logits.masked_fill(~vmask[..., :kend], float("-inf"))
-            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-        else:
-            probs = torch.softmax(logits, dim=-1)
-        if want_output:
-            assert values is not None
-            outs.append(torch.einsum("bhgqk,bhkd->bhgqd", probs, values[:, :, :kend]))
+    for start, stop, kend, probs, part in step_probabilities(
+        state, query, scaling, dtype=work, chunk=chunk, first=first, want_output=want_output
+    ):
+        if part is not None:
+            outs.append(part)
         if reach is not None:
             qpos = torch.arange(state.seen - tq + start, state.seen - tq + stop, device=query.device)
-            near = pos[:, :, :kend].view(b, hkv, 1, 1, kend) > (qpos - reach).view(1, 1, 1, n, 1)
+            near = pos[:, :, :kend].view(b, hkv, 1, 1, kend) > (qpos - reach).view(1, 1, 1, -1, 1)
             probs = probs * near
         sums[..., :kend] += probs.sum(dim=3)
     out = None
     if want_output:
-        out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)).reshape(b, hq, tq - first, -1).to(query.dtype)
+        rows = 1 if tq == 1 else tq - first
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)).reshape(b, hq, rows, -1).to(query.dtype)
     return sums, out
 
 

@@ -68,7 +68,7 @@ import torch
 
 from attnkit.cache.params import check_aggregation, check_budget, resolve_budget
 
-__all__ = ["CachePolicy", "LayerState", "compact", "query_probabilities", "rotate_keys"]
+__all__ = ["CachePolicy", "LayerState", "compact", "query_probabilities", "rotate_keys", "step_probabilities"]
 
 _INT_MAX = torch.iinfo(torch.int64).max
 #: Spare slots a growing layer gets at once when nothing bounds it (the full cache): one copy
@@ -927,6 +927,69 @@ def compact(state: LayerState, keep: torch.Tensor, *, spare: int = 0) -> None:
     state.free_slots = None
     state.ring_full = False
     state.new_index = None
+
+
+def step_probabilities(
+    state: LayerState,
+    query: torch.Tensor,
+    scaling: float,
+    *,
+    dtype: torch.dtype,
+    chunk: int,
+    first: int = 0,
+    want_output: bool = False,
+) -> Iterator[tuple[int, int, int, torch.Tensor, torch.Tensor | None]]:
+    """Softmax attention of this step's queries over the slots in use, for scoring policies.
+
+    Uses the storage layout: one new token may sit in any slot and sees every stored key;
+    several new tokens are the last slots, in order, so a chunk of queries sees the slots up to
+    its last query and a causal triangle on its own columns. Empty slots are never attended; a
+    query that sees nothing (left padding) gets zeros.
+
+    :param state: the layer, after :meth:`CachePolicy.append` of this step's ``Tq`` tokens.
+    :param query: ``(B, Hq, Tq, D)``.
+    :param dtype: the math's dtype.
+    :param chunk: queries per chunk (bounds the probabilities' memory).
+    :param first: skip queries ``0..first-1``.
+    :param want_output: also compute each chunk's attention output.
+    :returns: an iterator of ``(start, stop, kend, probs, out)``: ``probs`` ``(B, Hkv, G,
+        stop - start, kend)`` for queries ``start:stop`` over slots ``0:kend``, ``out``
+        ``(B, Hkv, G, stop - start, Dv)`` in ``dtype`` or ``None``.
+    """
+    b, hq, tq, d = query.shape
+    hkv = state.kbuf.shape[1]
+    g = hq // hkv
+    hi = state.hi
+    keys = state.keys.to(dtype)
+    values = state.values.to(dtype) if want_output else None
+    valid = state.valid if state.has_holes else None
+    if tq == 1:  # a decode step: one query per head sees every stored key (no causal mask)
+        logits = torch.matmul(query.to(dtype).reshape(b, hkv, g, d), keys.transpose(-1, -2)) * scaling
+        if valid is not None:
+            logits = logits.masked_fill(~valid.unsqueeze(2), float("-inf"))
+            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+        out = None if values is None else torch.matmul(probs, values).unsqueeze(3)
+        yield 0, 1, hi, probs.unsqueeze(3), out
+        return
+    vmask = valid.view(b, hkv, 1, 1, hi) if valid is not None else None
+    for start in range(first, tq, chunk):
+        stop = min(tq, start + chunk)
+        n = stop - start
+        kend = hi - tq + stop  # the slots these queries may see
+        q = query[:, :, start:stop].to(dtype).reshape(b, hkv, g, n, d)
+        logits = torch.einsum("bhgqd,bhkd->bhgqk", q, keys[:, :, :kend]) * scaling
+        if n > 1:
+            tri = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
+            logits[..., kend - n :] = logits[..., kend - n :].masked_fill(~tri, float("-inf"))
+        if vmask is not None:
+            logits = logits.masked_fill(~vmask[..., :kend], float("-inf"))
+            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+        out = None if values is None else torch.einsum("bhgqk,bhkd->bhgqd", probs, values[:, :, :kend])
+        yield start, stop, kend, probs, out
 
 
 def query_probabilities(
