@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnkit.kernels.triton_blocks import load_queries, online_softmax_state, row_poison, store_rows
+from attnkit.kernels.triton_blocks import load_kv_block, load_queries, online_softmax_state, store_rows
 
 
 @triton.jit
@@ -69,18 +69,9 @@ def landmark_fwd_kernel(  # type: ignore[no-untyped-def]
         if own or j < n_full:
             keys = j * BS + slot
             col_ok = (slot < BS) & (keys < TK)
-            k = tl.load(
-                k_base + keys[None, :] * skn + offs_d[:, None] * skd,
-                mask=col_ok[None, :] & (offs_d < D)[:, None],
-                other=0.0,
-            )  # (BLOCK_D, BLOCK_N)
-            v = tl.load(
-                v_base + keys[:, None] * svn + offs_dv[None, :] * svd,
-                mask=col_ok[:, None] & (offs_dv < DV)[None, :],
-                other=0.0,
-            )
-            kv_bad = row_poison(k, 0) + row_poison(v, 1)
-            v = tl.where((kv_bad == 0.0)[:, None], v, 0.0)
+            k, v, kv_bad = load_kv_block(
+                k_base, v_base, keys, col_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV
+            )  # k (BLOCK_D, BLOCK_N)
             s = tl.dot(q, k, input_precision=PRECISION) * scale + q_bad[:, None] + kv_bad[None, :]
             reg_ok = m_ok[:, None] & (regular & col_ok)[None, :]
             if own:

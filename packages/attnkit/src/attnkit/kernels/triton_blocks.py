@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["attend_block", "load_queries", "online_softmax_state", "row_poison", "store_rows"]
+__all__ = ["attend_block", "load_kv_block", "load_queries", "online_softmax_state", "row_poison", "store_rows"]
 
 
 @triton.jit
@@ -58,6 +58,28 @@ def online_softmax_state(BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):  # type
 
 
 @triton.jit
+def load_kv_block(k_base, v_base, offs_n, col_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV):  # type: ignore[no-untyped-def]
+    """The keys ``offs_n`` as ``k`` ``(BLOCK_D, BLOCK_N)`` and their values ``v`` ``(BLOCK_N,
+    BLOCK_DV)``, with ``kv_bad`` ``(BLOCK_N,)`` (:func:`row_poison` of each key and value row)
+    and the values of poisoned rows zeroed; returns ``(k, v, kv_bad)``. For kernels that need
+    the logits before the online-softmax step (:func:`attend_block` does both)."""
+    k = tl.load(
+        k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
+        mask=col_ok[None, :] & (offs_d < D)[:, None],
+        other=0.0,
+    )
+    v = tl.load(
+        v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+        mask=col_ok[:, None] & (offs_dv < DV)[None, :],
+        other=0.0,
+    )
+    kv_bad = row_poison(k, 0) + row_poison(v, 1)
+    # A non-finite value row would poison every query through p @ v, even where p is 0.
+    v = tl.where((kv_bad == 0.0)[:, None], v, 0.0)
+    return k, v, kv_bad
+
+
+@triton.jit
 def attend_block(  # type: ignore[no-untyped-def]
     q, q_bad, acc, m_i, l_i, k_base, v_base, offs_n, col_ok, key_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV,
     scale, PRECISION: tl.constexpr,
@@ -70,19 +92,7 @@ def attend_block(  # type: ignore[no-untyped-def]
     :param key_ok: ``(BLOCK_M, BLOCK_N)`` which (query, key) pairs the mask allows.
     :param PRECISION: ``tl.dot``'s input precision (``"ieee"`` for float32 accuracy).
     """
-    k = tl.load(
-        k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
-        mask=col_ok[None, :] & (offs_d < D)[:, None],
-        other=0.0,
-    )  # (BLOCK_D, BLOCK_N)
-    v = tl.load(
-        v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-        mask=col_ok[:, None] & (offs_dv < DV)[None, :],
-        other=0.0,
-    )
-    kv_bad = row_poison(k, 0) + row_poison(v, 1)
-    # A non-finite value row would poison every query through p @ v, even where p is 0.
-    v = tl.where((kv_bad == 0.0)[:, None], v, 0.0)
+    k, v, kv_bad = load_kv_block(k_base, v_base, offs_n, col_ok, skn, skd, svn, svd, offs_d, offs_dv, D, DV)
     s = tl.dot(q, k, input_precision=PRECISION) * scale + q_bad[:, None] + kv_bad[None, :]
     s = tl.where(key_ok, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
