@@ -196,9 +196,13 @@ def _cases(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Any], str]:
     cases = []
     for i in range(args.cases):
         length = lengths[i % len(lengths)]
-        depth = 50.0 if args.cases == 1 else 100.0 * i / (args.cases - 1)
-        cases.append(make_case(tokenizer, length=length, depth=depth, seed=args.seed + i))
+        cases.append(make_case(tokenizer, length=length, depth=_spread_depth(i, args.cases), seed=args.seed + i))
     return cases, "needle-in-a-haystack cases generated locally (attnkit.data.needles)"
+
+
+def _spread_depth(i: int, n: int) -> float:
+    """Depth in percent of case ``i`` of ``n``: spread over 0-100 %, 50 % for a single case."""
+    return 50.0 if n == 1 else 100.0 * i / (n - 1)
 
 
 def _policies(args: argparse.Namespace) -> list[str]:
@@ -495,12 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from attnkit.data.needles import make_case
 
             prefill_cases = [
-                make_case(
-                    tok,
-                    length=length,
-                    depth=50.0 if args.cases == 1 else 100.0 * i / (args.cases - 1),
-                    seed=args.seed + i,
-                )
+                make_case(tok, length=length, depth=_spread_depth(i, args.cases), seed=args.seed + i)
                 for length in args.prefill_lengths
                 for i in range(args.cases)
             ]
