@@ -252,6 +252,21 @@ def run_job(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def kvpress(session: nox.Session) -> None:
+    """kvpress's presses on attnkit's needle cases, in an environment of their own (kvpress pins an
+    older transformers): rows for the `attnkit eval cache` table (tools/kvpress_rows.py).
+
+    Needs the converted SmolLM2 in the attnkit cache: run `nox -s run` or `attnkit eval cache`
+    once first. The attnkit environments never depend on kvpress."""
+    _setup_env(session)
+    session.install(TORCH)
+    session.install("kvpress", "transformers<5.3")
+    session.install("--no-deps", "-e", CORE)
+    session.install("pluggy>=1.5", "packaging", "tqdm")
+    session.run("python", "tools/kvpress_rows.py", *(session.posargs or ["--out", "kvpress_rows.json"]))
+
+
+@nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """The main job: 2D neighborhood attention on a real digit image (python tools/demo.py)."""
     _install(session, CORE, *(_plugin_dir(s) for s in PLUGINS), extra=("scikit-learn>=1.3", "matplotlib>=3.7"))

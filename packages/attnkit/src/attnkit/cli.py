@@ -436,6 +436,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(run_main([a for a in args.run_args if a != "--"]) or 0)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    rest = [a for a in args.eval_args if a != "--"]
+    if rest[:1] != ["cache"]:
+        raise CLIError("the one evaluation is `attnkit eval cache` (attnkit eval cache --help)")
+    from attnkit.evaluate.cache import main as eval_main
+
+    return int(eval_main(rest[1:]) or 0)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from attnkit.analyze import main as analyze_main
 
@@ -664,6 +673,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("analyze_args", nargs=argparse.REMAINDER, help="options of attnkit analyze (attnkit analyze --help)")
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser(
+        "eval",
+        help="attnkit eval cache: cache policies and budgets on needles, perplexity and reasoning, with a report",
+        add_help=False,
+    )
+    p.add_argument("eval_args", nargs=argparse.REMAINDER, help="cache, then its options (attnkit eval cache --help)")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser(
         "export",
         help="export an attention spec, or a model patched with one, to ONNX and check it in onnxruntime",
         description="attnkit export SPEC OUT.onnx  |  attnkit export --model smollm2 --attention SPEC OUT.onnx",
@@ -722,6 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         # attnkit run owns its options (argparse would take --help for the top-level parser).
         args = argparse.Namespace(command="run", run_args=argv[1:], func=cmd_run)
+    elif argv[:1] == ["eval"]:
+        args = argparse.Namespace(command="eval", eval_args=argv[1:], func=cmd_eval)
     elif argv[:1] == ["analyze"]:
         args = argparse.Namespace(command="analyze", analyze_args=argv[1:], func=cmd_analyze)
     elif argv[:2] == ["models", "install"] and "--" in argv:

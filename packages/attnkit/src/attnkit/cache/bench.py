@@ -173,7 +173,7 @@ def analysis_cache_params(
     return params, notes
 
 
-def _load_cache_params(arg: str, model: Any, tokenizer: Any, model_name: str) -> tuple[dict[str, Any], str]:
+def load_cache_params(arg: str, model: Any, tokenizer: Any, model_name: str) -> tuple[dict[str, Any], str]:
     if arg == "none":
         return {}, "none"
     path = _default_params_path(model_name) if arg == "auto" else Path(arg)
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.policies.split(",") if args.policies else [s.name for s in attnkit.list_specs("cache")]
     model, tok = load(args.model)
     ids, source = prompt_ids(tok, args.length)
-    provided, provided_from = _load_cache_params(args.cache_params, model, tok, args.model)
+    provided, provided_from = load_cache_params(args.cache_params, model, tok, args.model)
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     per_token = c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * 4  # float32 K and V
