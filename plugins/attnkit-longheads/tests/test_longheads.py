@@ -317,3 +317,14 @@ def test_entry_point_imports_no_heavy_module():
 def test_bad_parameters_name_the_parameter_and_value(field, value, error, match):
     with pytest.raises(error, match=match):
         LongheadsParams(**{field: value})
+
+
+def test_decode_reason_follows_the_representation():
+    # The main job and patch(cache=...) ask decode_reason whether a spec can take one query
+    # over a cache: "attention" chunk keys need the chunks' own queries, "mean" does not.
+    from attnkit.hf.adapter import decode_reason
+
+    spec = next(s for s in attnkit.list_specs("attention") if s.name == "longheads")
+    why = decode_reason(spec, spec.make_params(chunk_size=4, chunks=3, representation="attention"))
+    assert why is not None and "q_len 1 and kv_len 4" in why
+    assert decode_reason(spec, spec.make_params(chunk_size=4, chunks=3, representation="mean")) is None

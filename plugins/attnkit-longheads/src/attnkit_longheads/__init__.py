@@ -45,6 +45,7 @@ LONGHEADS = AttentionSpec(
     # No brute-force ``mask``: the spec's mask hook sees only shapes, and the selection
     # depends on q, k and v. The contract's oracle is the float64 reference; the plugin's
     # tests hold that to a brute-force selection written out in Python.
+    validate="attnkit_longheads.params:validate",
     contract_params="attnkit_longheads.params:contract_params",
     expected_failed_checks={
         "check_output_shape_dtype_device": "representation='attention' (the paper's chunk key) scores the "

@@ -71,3 +71,26 @@ def contract_params(seq_len: int) -> list[dict[str, Any]]:
         {"chunk_size": 2, "chunks": 3, "representation": "attention"},
         {"chunk_size": 3, "chunks": 4, "representation": "mean"},
     ]
+
+
+def validate(params: LongheadsParams, q: Any, k: Any, v: Any, is_causal: Any) -> None:
+    """Shape rules of ``representation="attention"`` before any backend runs, so that
+    :func:`attnkit.hf.adapter.decode_reason` sees them: its chunk keys come from the chunks'
+    own queries, so ``q (B, Hq, Tq, D)`` must be as long as ``k (B, Hkv, Tk, D)`` (no decode
+    step), and it scores mean values against keys, so ``v``'s last dimension must equal ``D``.
+
+    :raises ValueError: naming ``representation`` and the sizes seen.
+    """
+    if params.representation != "attention" or q.dim() != 4:
+        return
+    tq, tk = q.shape[2], k.shape[2]
+    if isinstance(tq, int) and isinstance(tk, int) and tq != tk:
+        raise ValueError(
+            "representation='attention' builds chunk keys from the chunks' own queries, so q and k need "
+            f"the same length: got q_len {tq} and kv_len {tk} (use representation='mean')"
+        )
+    if q.shape[-1] != v.shape[-1]:
+        raise ValueError(
+            f"representation='attention' scores the mean value against keys: value dim {v.shape[-1]} "
+            f"must equal head dim {q.shape[-1]}"
+        )
