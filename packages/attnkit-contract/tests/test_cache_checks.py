@@ -46,6 +46,21 @@ class _NeverEvicts(WindowPolicy):
         return None
 
 
+class _SlackTooSmall(WindowPolicy):
+    """Never evicts but declares a lag of 2 tokens: a 16-token prompt exceeds any budget + 2."""
+
+    def select(self, state: LayerState) -> torch.Tensor | None:
+        return None
+
+    def budget_slack(self) -> int:
+        return 2
+
+
+class _NegativeSlack(WindowPolicy):
+    def budget_slack(self) -> int:
+        return -1
+
+
 class _BatchSummed(CachePolicy):
     """The H2O trap: one score per key summed over the batch, so sequences pick each other's keys."""
 
@@ -127,6 +142,8 @@ def test_multi_token_check_passes_layer_ragged_storage() -> None:
     ("spec", "check", "message"),
     [
         (_spec("never_evicts", _NeverEvicts), check_cache_budget_respected, "holds"),
+        (_spec("slack_too_small", _SlackTooSmall), check_cache_budget_respected, r"slack 2"),
+        (_spec("negative_slack", _NegativeSlack), check_cache_budget_respected, "budget_slack"),
         (_spec("never_evicts", _NeverEvicts), check_cache_memory_shrinks, "bytes"),
         (_spec("batch_summed", _BatchSummed), check_cache_batch_independence, "sequence"),
         (_spec("loses_sinks", _LosesSinks, n_sink=2), check_cache_always_kept, "always-kept"),
@@ -139,6 +156,8 @@ def test_multi_token_check_passes_layer_ragged_storage() -> None:
     ],
     ids=[
         "budget",
+        "budget_slack_exceeded",
+        "budget_slack_negative",
         "memory",
         "batch",
         "always_kept",

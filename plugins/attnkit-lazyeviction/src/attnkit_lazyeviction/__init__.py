@@ -30,12 +30,6 @@ LAZYEVICTION = KVCacheSpec(
     params=LazyEvictionParams,
     factory="attnkit_lazyeviction.policy:build",
     bench="attnkit_lazyeviction.bench:main",
-    expected_failed_checks={
-        "cache:check_cache_budget_respected": "lagged eviction (the paper's design): the cache holds `budget` "
-        "tokens right after an eviction and grows by one per decode step until the next, every `window` steps, "
-        "so between evictions it exceeds the budget by up to window - 1 (up to window in the step's attention); "
-        "the plugin's tests assert that bound and that each eviction brings it back to the budget",
-    },
 )
 
 

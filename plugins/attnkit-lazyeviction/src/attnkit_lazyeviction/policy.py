@@ -245,6 +245,11 @@ class LazyEvictionPolicy(CachePolicy):
         """``(B, Hkv, hi)`` float64 MRI-centric score at the current step (the newest token's)."""
         return mri_score(state.extra_view(LAST), state.extra_view(MRI), state.seen - 1)
 
+    def budget_slack(self) -> int:
+        """``window - 1``: right after an eviction a row holds ``budget`` tokens and it grows by
+        one per decode step until the next eviction, ``window`` steps later (the paper's lag)."""
+        return self.window - 1
+
     # ------------------------------------------------------------------ eviction
     def eviction_due(self, state: LayerState) -> bool:
         """Whether the steps of the last forward contain a multiple of ``window`` (the prefill,

@@ -577,6 +577,13 @@ class CachePolicy:
             self._resolve(state)
         return state.budget
 
+    def budget_slack(self) -> int:
+        """Tokens a row may hold above :meth:`resolved_budget` after a forward: ``0`` (the
+        budget holds after every forward) unless the policy evicts lagged, every few steps
+        (LazyEviction: ``window - 1``). The cache contract and the benchmarks hold a policy to
+        ``budget + budget_slack()``; a policy that overrides it documents why."""
+        return 0
+
     def kept_counts(self, layer_idx: int) -> torch.Tensor:
         """``(B, Hkv)`` real keys held by each sequence and KV head."""
         return self.layers[layer_idx].valid.sum(-1)
