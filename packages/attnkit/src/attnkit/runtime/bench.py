@@ -5,8 +5,9 @@ On the embedded model at a given prompt length, side by side in one process and 
 ``attnkit.patch`` with no analysis, with one layer's ``hook_pattern`` captured (only that
 layer materialises probabilities, the others keep the fused kernel), with every layer's, and
 transformers' eager attention with ``output_attentions=True`` (what a user without attnkit
-does to see patterns). TransformerLens ``run_with_cache`` is added when ``transformer_lens`` is
-importable and builds the model from the loaded weights offline; otherwise the output says why.
+does to see patterns). TransformerLens (a forward, ``run_with_cache`` of one layer's pattern and of every layer's) is
+added when ``transformer_lens`` is importable and builds the model from the embedded weights
+offline; otherwise the output says why.
 """
 
 from __future__ import annotations
@@ -22,22 +23,66 @@ from typing import Any
 __all__ = ["main"]
 
 
-def _transformer_lens_row(model: Any, tok: Any) -> tuple[Callable[[Any], Any] | None, str]:
+def _transformer_lens_rows(model_name: str, layer: int) -> tuple[dict[str, Callable[[Any], Any]], str]:
+    """TransformerLens rows on a second copy of the model (TransformerLens 4 switches the model
+    it wraps to eager attention, which would change the other rows): a forward with no cache,
+    ``run_with_cache`` of one layer's pattern and of every layer's. Offline, the bridge is
+    booted from the loaded model and a local copy of its config; TransformerLens < 4 is built
+    with ``HookedTransformer.from_pretrained(..., hf_model=)``."""
     try:
         import transformer_lens  # type: ignore[import-not-found]
     except ImportError as exc:
-        return None, f"transformer_lens is not installed here ({exc})"
-    try:
-        hooked = transformer_lens.HookedTransformer.from_pretrained(
-            "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=model, tokenizer=tok, device="cpu"
-        )
-    except Exception as exc:  # offline it may insist on the hub's config
-        return None, f"transformer_lens could not build the model offline: {type(exc).__name__}: {str(exc)[:160]}"
+        return {}, f"transformer_lens is not installed here ({exc})"
+    import tempfile
 
-    def run(ids: Any) -> Any:
+    from attnkit.models import load
+
+    model, tok = load(model_name)
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        version = dist_version("transformer-lens")
+    except PackageNotFoundError:
+        version = getattr(transformer_lens, "__version__", "?")
+    try:
+        try:
+            from transformer_lens.model_bridge import TransformerBridge  # type: ignore[import-not-found]
+        except ImportError:
+            hooked = transformer_lens.HookedTransformer.from_pretrained(
+                model.config.name_or_path or "HuggingFaceTB/SmolLM2-135M-Instruct",
+                hf_model=model,
+                tokenizer=tok,
+                device="cpu",
+            )
+            how = f"TransformerLens {version} HookedTransformer"
+        else:
+            with tempfile.TemporaryDirectory() as local:
+                model.config.save_pretrained(local)  # no hub access: the config comes from here
+                hooked = TransformerBridge.boot_transformers(local, hf_model=model, tokenizer=tok, device="cpu")
+            how = f"TransformerLens {version} TransformerBridge (eager attention in every layer)"
+    except Exception as exc:  # offline it may insist on the hub
+        return (
+            {},
+            f"transformer_lens {version} could not build the model offline: {type(exc).__name__}: {str(exc)[:160]}",
+        )
+    one = f"blocks.{layer}.attn.hook_pattern"
+
+    def forward(ids: Any) -> Any:
+        return hooked(ids)
+
+    def cache_one(ids: Any) -> Any:
+        return hooked.run_with_cache(ids, names_filter=lambda n: n == one)
+
+    def cache_all(ids: Any) -> Any:
         return hooked.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_pattern"))
 
-    return run, "run_with_cache, every layer's hook_pattern"
+    rows = {
+        "TransformerLens, no cache": forward,
+        f"TransformerLens run_with_cache, layer {layer}": cache_one,
+        "TransformerLens run_with_cache, every layer": cache_all,
+    }
+    return rows, how
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,9 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "attnkit, pattern of every layer": patched(["blocks.{l}.attn.hook_pattern"]),
         "transformers eager, output_attentions": eager,
     }
-    tl_run, tl_note = _transformer_lens_row(model, tok)
-    if tl_run is not None:
-        rows["TransformerLens run_with_cache"] = tl_run
+    tl_rows, tl_note = _transformer_lens_rows(args.model, layer)
+    rows.update(tl_rows)
     names = list(rows)
     times: dict[str, list[float]] = {n: [] for n in names}
     with torch.no_grad():
@@ -123,8 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'run':<42}{'seconds':>10}{'vs no capture':>15}")
     for row in table:
         print(f"{row['run']:<42}{row['median_s']:>10.3f}{row['vs_no_capture']:>14.2f}x")
-    if tl_run is None:
-        print(f"TransformerLens: {tl_note}")
+    print(f"TransformerLens: {tl_note}")
     if args.json:
         out = {
             "model": args.model,
