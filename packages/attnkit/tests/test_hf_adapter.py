@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -197,6 +199,58 @@ def test_activation_patching_restores_clean_logits() -> None:
     # one head at the last position changes only the last position's logits
     torch.testing.assert_close(partial[:, :11], base[:, :11], atol=1e-5, rtol=1e-5)
     assert (partial[:, 11] - base[:, 11]).abs().max() > 1e-4
+
+
+def test_activation_patch_of_a_decode_step_over_a_cache_filled_earlier() -> None:
+    # The clean run captures one decode step (its capture index 0); the patched session sees
+    # that step as run.step == 1 because the cache already holds the prompt.
+    from transformers import DynamicCache
+
+    model = tiny_llama()
+    prompt, clean_tok, corrupt_tok = (
+        ids(batch=1, length=8),
+        ids(batch=1, length=1, seed=2),
+        ids(batch=1, length=1, seed=3),
+    )
+    with torch.no_grad():
+        cache = DynamicCache()
+        model(prompt, past_key_values=cache)
+        cap = Capture(["blocks.1.hook_resid_post"])
+        with attnkit.patch(model, analyses=[cap]):
+            ref = model(clean_tok, past_key_values=copy.deepcopy(cache)).logits
+        with attnkit.patch(
+            model, analyses=[ActivationPatch(cap, ["blocks.1.hook_resid_post"], step=1, source_index=0)]
+        ):
+            patched = model(corrupt_tok, past_key_values=copy.deepcopy(cache)).logits
+        base = model(corrupt_tok, past_key_values=copy.deepcopy(cache)).logits
+    torch.testing.assert_close(patched, ref, atol=1e-5, rtol=1e-5)
+    assert (base - ref).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="source_index 3 out of range"):
+        ActivationPatch(cap, ["blocks.1.hook_resid_post"], source_index=3)
+
+
+def test_run_sees_the_callers_padding_mask() -> None:
+    class Seen:
+        def __init__(self) -> None:
+            self.masks: list = []
+
+        @attnkit.hookimpl
+        def attnkit_sites(self) -> list[str]:
+            return ["blocks.0.attn.hook_z"]
+
+        @attnkit.hookimpl
+        def attnkit_capture(self, site, layer, tensor, run) -> None:
+            self.masks.append(run.attention_mask)
+
+    model = tiny_llama()
+    x = ids(batch=2, length=6)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    seen = Seen()
+    with torch.no_grad(), attnkit.patch(model, analyses=[seen]):
+        model(x, attention_mask=mask)
+        model(x)
+    assert torch.equal(seen.masks[0], mask) and seen.masks[1] is None
 
 
 def test_layers_option_leaves_other_layers_on_transformers_attention(llama: torch.nn.Module) -> None:

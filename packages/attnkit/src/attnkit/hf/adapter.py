@@ -310,7 +310,7 @@ class Session:
             self._handles.append(self.model.register_forward_hook(_logits(run)))
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Before each model forward: phase, step and positions of the run; the cache in use."""
+        """Before each model forward: phase, step, positions and padding mask of the run; the cache in use."""
         cache = kwargs.get("past_key_values", kwargs.get("cache"))
         self.current_cache = cache
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -327,6 +327,9 @@ class Session:
         if positions is None and ids is not None and ids.dim() >= 2:
             positions = torch.arange(ids.shape[1], device=ids.device) + past
         run.positions = positions
+        mask = kwargs.get("attention_mask")
+        # Only the caller's 2-D padding mask (B, past + T); a prepared 4-D mask is transformers' own.
+        run.attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
     # -- attention ---------------------------------------------------------------------
     def attend(

@@ -225,7 +225,10 @@ class ActivationPatch:
     :param sites: full site names to patch (``"blocks.3.attn.hook_z"`` ...).
     :param heads: for ``hook_z`` / ``hook_q`` / ... sites: patch only these heads (default all).
     :param positions: patch only these token positions (default all).
-    :param step: which captured pass to take (default 0, the prefill).
+    :param step: the forward of this run to patch (default 0, the prefill).
+    :param source_index: which of ``source``'s captured passes to take (default ``step``); a
+        decode step over a cache filled before the patched session (``run.step == 1`` there)
+        takes the source's first capture with ``step=1, source_index=0``.
     """
 
     name = "activation_patch"
@@ -237,6 +240,7 @@ class ActivationPatch:
         heads: Sequence[int] | None = None,
         positions: Sequence[int] | None = None,
         step: int = 0,
+        source_index: int | None = None,
     ) -> None:
         if not isinstance(source, Capture):
             raise TypeError(f"source must be a Capture of the clean run, got {type(source).__name__}")
@@ -247,6 +251,12 @@ class ActivationPatch:
         self.heads = None if heads is None else list(heads)
         self.positions = None if positions is None else list(positions)
         self.step = step
+        self.source_index = step if source_index is None else source_index
+        for site in self.sites:
+            if not -len(source[site]) <= self.source_index < len(source[site]):
+                raise ValueError(
+                    f"source_index {self.source_index} out of range: source holds {len(source[site])} pass(es) of {site!r}"
+                )
 
     @hookimpl
     def attnkit_sites(self) -> list[str]:
@@ -256,7 +266,7 @@ class ActivationPatch:
     def attnkit_edit(self, site: str, layer: int | None, tensor: torch.Tensor, run: Any) -> torch.Tensor | None:
         if site not in self.sites or run.step != self.step:
             return None
-        clean = self.source[site][self.step].to(device=tensor.device, dtype=tensor.dtype)
+        clean = self.source[site][self.source_index].to(device=tensor.device, dtype=tensor.dtype)
         if clean.shape != tensor.shape:
             raise ValueError(f"activation patch at {site!r}: clean value {tuple(clean.shape)} != {tuple(tensor.shape)}")
         out = tensor.clone()

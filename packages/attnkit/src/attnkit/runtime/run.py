@@ -93,6 +93,8 @@ class Run:
         extends a cache by one token.
     :ivar step: forward passes so far in this run (0 for the prefill).
     :ivar positions: absolute positions of the current queries, ``(Tq,)``.
+    :ivar attention_mask: the caller's padding mask of the current forward, ``(B, Tk)`` with 1
+        for a real token (past tokens included), or ``None`` when none was passed.
     :ivar n_layers: number of transformer blocks of the patched model.
     :ivar store: free space analyses may use to keep results.
     """
@@ -102,6 +104,7 @@ class Run:
     phase: str = "prefill"
     step: int = 0
     positions: Any = None
+    attention_mask: Any = None
     store: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
