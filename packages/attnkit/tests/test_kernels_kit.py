@@ -488,6 +488,32 @@ def test_flex_rule_per_batch_entry_and_uncached() -> None:
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_len", [24, 56, 120])
+def test_flex_short_key_lengths_take_the_padded_path(kv_len: int) -> None:
+    # kv_len % 16 == 8 below 128 keys: the lengths where inductor's CPU template overflows
+    # its logits row on 8-lane (AVX2) CPUs. The BlockMask covers 8 more keys, all refused, and
+    # the output still equals the float64 reference (data-dependent mask: a tensor read at kv).
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    assert kit_flex.cpu_kv_padding(kv_len, "cpu") == 8
+    assert kit_flex.cpu_kv_padding(kv_len + 8, "cpu") == 0 and kit_flex.cpu_kv_padding(kv_len, "meta") == 0
+    gen = torch.Generator().manual_seed(kv_len)
+    allowed = torch.rand(2, 40, kv_len, generator=gen) < 0.2
+    allowed[:, :, 0] = True
+    rule = kit_flex.MaskRule(_captured_mask_mod, (allowed,), batch=2, cache=False)
+    mask = kit_flex.block_mask(rule, 40, kv_len)
+    assert tuple(mask.seq_lengths) == (40, kv_len + 8)
+    padded = kit_flex.padded_rule(rule, kv_len)
+    for b in range(2):
+        dense_padded = kit_flex.dense_mask(padded, 40, kv_len + 8, batch_entry=b)[0]
+        assert torch.equal(dense_padded[:, :kv_len], allowed[b]) and not dense_padded[:, kv_len:].any()
+    q, _, _ = _qkv(spatial=(40,), dtype=torch.float32, seed=1)
+    _, k, v = _qkv(spatial=(kv_len,), dtype=torch.float32, seed=2)
+    call = KernelCall(q=q, k=k, v=v, spatial=(40,), kv_spatial=(kv_len,), params=None, causal=(False,), scale=0.35)
+    got = kit_flex.attention(call, mask)
+    want = dense(q.double(), k.double(), v.double(), mask=allowed[:, None], scale=0.35)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Triton
 # ---------------------------------------------------------------------------------------------

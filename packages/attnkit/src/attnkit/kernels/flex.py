@@ -27,6 +27,15 @@ to one with a second flex call on indicator values (same shapes, so no recompile
 them to NaN, and recomputes the rows whose logits could overflow with the dense reference
 over their allowed keys: the rule of :mod:`attnkit.reference.dense`.
 
+Short key lengths on CPU: inductor's CPU template (torch 2.13) computes ``q @ k.T`` with a
+micro-GEMM of 16-column blocks; on a CPU whose float vectors hold 8 lanes (AVX2), a last block
+of exactly 8 columns reads 8 keys past the block and writes 8 logits past its row. When the
+key length is below the template's 128-key block and ``kv_len % 16 == 8`` (8, 24, ..., 120), the
+last row's overflow lands on the running row maxima of the first 8 query rows, which then hold
+whatever followed the keys in memory: those rows come out wrong (often zeros), differently from
+run to run. :func:`attention` therefore pads such key lengths by 8 zero keys that the mask
+refuses (:func:`cpu_kv_padding`, :func:`padded_rule`); the padded length takes the safe path.
+
 Shape legend: as in :mod:`attnkit.kernels.call`.
 """
 
@@ -52,7 +61,9 @@ __all__ = [
     "block_mask",
     "can_run",
     "compiled_flex_attention",
+    "cpu_kv_padding",
     "dense_mask",
+    "padded_rule",
     "recompile_limit",
 ]
 
@@ -63,6 +74,8 @@ RECOMPILE_LIMIT = 64
 # eager create_block_mask evaluates the mask_mod on the full grid with int64 intermediates
 # (about 600 MB at N=4096, 16x that at N=16384); compiled, it fuses them.
 EAGER_MASK_LIMIT = 1 << 26
+#: inductor's CPU flex template block (keys per block when kv_len is at least this long).
+CPU_KV_BLOCK = 128
 
 
 def _flex_module() -> Any:
@@ -118,6 +131,30 @@ class MaskRule:
         return self.factory(*self.args, device=device)
 
 
+def cpu_kv_padding(kv_len: int, device: torch.device | str) -> int:
+    """Zero keys to append on ``device`` so that compiled flex avoids the CPU template's
+    8-column tail overflow (module docstring): 8 when ``kv_len < 128`` and ``kv_len % 16 == 8``."""
+    if torch.device(device).type != "cpu":
+        return 0
+    return 8 if kv_len < CPU_KV_BLOCK and kv_len % 16 == 8 else 0
+
+
+def _padded_mask_mod(factory: Callable[..., Any], args: tuple[Hashable, ...], kv_len: int, device: Any = "cpu") -> Any:
+    inner = factory(*args, device=device)
+    last = kv_len - 1
+
+    def padded(b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+        # Clamped so that a mask_mod indexing a tensor by kv_idx never reads past it.
+        return inner(b, h, q_idx, kv_idx.clamp(max=last)) & (kv_idx <= last)
+
+    return padded
+
+
+def padded_rule(rule: MaskRule, kv_len: int) -> MaskRule:
+    """``rule`` over ``kv_len`` real keys followed by padding keys that every query refuses."""
+    return MaskRule(_padded_mask_mod, (rule.factory, rule.args, int(kv_len)), rule.heads, rule.batch, rule.cache)
+
+
 def _build_block_mask(rule: MaskRule, q_len: int, kv_len: int, device: str) -> Any:
     flex = _flex_module()
     build = flex.create_block_mask
@@ -131,8 +168,15 @@ _cached_block_mask = functools.lru_cache(maxsize=64)(_build_block_mask)
 
 def block_mask(rule: MaskRule, q_len: int, kv_len: int, device: torch.device | str = "cpu") -> Any:
     """The BlockMask of ``rule`` over ``q_len`` queries and ``kv_len`` keys, built once and
-    cached (a model calls the same shapes again and again) unless ``rule.cache`` is False."""
+    cached (a model calls the same shapes again and again) unless ``rule.cache`` is False.
+
+    On CPU, for the key lengths :func:`cpu_kv_padding` names, the mask covers that many more
+    keys, all refused; :func:`attention` pads k and v to match.
+    """
     build = _cached_block_mask if rule.cache else _build_block_mask
+    pad = cpu_kv_padding(int(kv_len), device)
+    if pad:  # the CPU template's tail overflow (module docstring); attention() pads k and v
+        return build(padded_rule(rule, int(kv_len)), int(q_len), int(kv_len) + pad, str(torch.device(device)))
     return build(rule, int(q_len), int(kv_len), str(torch.device(device)))
 
 
@@ -153,12 +197,23 @@ def compiled_flex_attention() -> Any:
 
 def attention(call: KernelCall, mask: Any) -> torch.Tensor:
     """Compiled FlexAttention of the flattened call under BlockMask ``mask``; GQA through
-    ``enable_gqa`` (k/v are not copied). Returns ``out (B, Hq, N, Dv)``."""
+    ``enable_gqa`` (k/v are not copied). Returns ``out (B, Hq, N, Dv)``.
+
+    A ``mask`` over more keys than the call has (built from :func:`padded_rule`) gets k and v
+    padded with zero keys to its length; the mask must refuse them.
+    """
     if call.return_lse:
         raise ValueError("the flex backend does not return the log-sum-exp; call with return_lse=False")
+    k, v = call.k, call.v
+    pad = int(mask.seq_lengths[1]) - call.kv_len
+    if pad < 0:
+        raise ValueError(f"block_mask covers {mask.seq_lengths[1]} keys, fewer than the call's kv_len={call.kv_len}")
+    if pad:
+        k = torch.nn.functional.pad(k, (0, 0, 0, pad))
+        v = torch.nn.functional.pad(v, (0, 0, 0, pad))
     with recompile_limit():
         return compiled_flex_attention()(
-            call.q, call.k, call.v, block_mask=mask, scale=call.scale, enable_gqa=call.q_heads != call.kv_heads
+            call.q, k, v, block_mask=mask, scale=call.scale, enable_gqa=call.q_heads != call.kv_heads
         )
 
 
