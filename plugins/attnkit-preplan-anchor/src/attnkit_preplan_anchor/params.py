@@ -3,25 +3,12 @@ imports this module when attnkit loads plugins."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from attnkit.paramcheck import check_float as _check_float
+from attnkit.paramcheck import check_int as _check_int
+
 __all__ = ["PreplanAnchorParams"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_float(name: str, value: object, lo: float, hi: float, *, open_lo: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value > hi or value < lo or (open_lo and value == lo):
-        bound = f"({lo}, {hi}]" if open_lo else f"[{lo}, {hi}]"
-        raise ValueError(f"{name} must be in {bound}, got {value}")
 
 
 @dataclass(frozen=True)

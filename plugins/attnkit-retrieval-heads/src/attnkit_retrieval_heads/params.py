@@ -8,15 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from attnkit.cache.params import check_budget
+from attnkit.paramcheck import check_int as _check_int
 
 __all__ = ["RetrievalCacheParams", "RetrievalScoreParams"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _check_unit(name: str, value: object) -> None:
