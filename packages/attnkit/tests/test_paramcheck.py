@@ -40,3 +40,16 @@ def test_as_bool_refuses_other_values() -> None:
     for bad in (1, None, "maybe"):
         with pytest.raises(TypeError, match="full must be a bool"):
             as_bool("full", bad)
+
+
+def test_check_queries_are_last_keys_names_the_spec_and_sizes() -> None:
+    import torch
+
+    from attnkit.paramcheck import check_queries_are_last_keys
+
+    k = torch.zeros(1, 2, 5, 4)
+    check_queries_are_last_keys("band", torch.zeros(1, 4, 5, 4), k)
+    check_queries_are_last_keys("band", torch.zeros(1, 4, 2, 4), k)
+    check_queries_are_last_keys("band", torch.zeros(4, 9, 4), k)  # other ranks: not this check's
+    with pytest.raises(ValueError, match=r"band queries are the last Tq keys: q has Tq=6 tokens but k has only Tk=5"):
+        check_queries_are_last_keys("band", torch.zeros(1, 4, 6, 4), k)

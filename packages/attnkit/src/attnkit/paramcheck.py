@@ -1,4 +1,5 @@
-"""Checks for spec parameter dataclasses: ints, floats in a range, bools from ``--param``.
+"""Checks for spec parameter dataclasses (ints, floats in a range, bools from ``--param``) and
+for the ``validate`` hooks of specs (queries aligned with the last keys).
 
 Every plugin validates its frozen parameter dataclass in ``__post_init__``; these give them
 one wording for the errors (the argument's name, the value and its type). Importing this
@@ -15,8 +16,9 @@ False
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["as_bool", "check_float", "check_int"]
+__all__ = ["as_bool", "check_float", "check_int", "check_queries_are_last_keys"]
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -51,3 +53,20 @@ def as_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return value
+
+
+def check_queries_are_last_keys(spec: str, q: Any, k: Any) -> None:
+    """For a spec whose queries are the last ``Tq`` of its keys (bottom-right aligned): a
+    ``ValueError`` naming ``spec`` and the sizes when ``q (B, H, Tq, D)`` has more tokens than
+    ``k (B, Hkv, Tk, D)``. Other ranks, and symbolic sizes while exporting (comparing them would
+    pin the graph to one length), pass unchecked."""
+    if q.dim() != 4:
+        return  # the registry reports the token axes itself
+    tq, tk = q.shape[2], k.shape[2]
+    if not (isinstance(tq, int) and isinstance(tk, int)):
+        return
+    if tq > tk:
+        raise ValueError(
+            f"{spec} queries are the last Tq keys: q has Tq={tq} tokens but k has only Tk={tk} "
+            f"(q {tuple(q.shape)}, k {tuple(k.shape)})"
+        )

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnkit.paramcheck import check_queries_are_last_keys
+
 __all__ = ["BlockrankParams", "contract_params", "document_lengths", "segment_bounds", "validate"]
 
 
@@ -111,16 +113,10 @@ def validate(params: BlockrankParams, q: Any, k: Any, v: Any, is_causal: Any) ->
     """Check the layout against ``q (B, Hq, Tq, D)``, ``k (B, Hkv, Tk, D)``; raises
     ``ValueError`` naming the parameters and the sizes seen. Queries are the last ``Tq``
     keys (bottom-right aligned), so ``Tq <= Tk``."""
-    if q.dim() != 4:
-        return  # the registry reports the token axes itself
-    tq, tk = q.shape[2], k.shape[2]
-    if not (isinstance(tq, int) and isinstance(tk, int)):
-        return  # symbolic while exporting: comparing would pin the graph to one length
-    if tq > tk:
-        raise ValueError(
-            f"blockrank queries are the last Tq keys: q has Tq={tq} tokens but k has only Tk={tk} "
-            f"(q {tuple(q.shape)}, k {tuple(k.shape)})"
-        )
+    check_queries_are_last_keys("blockrank", q, k)
+    tk = k.shape[2] if q.dim() == 4 else None
+    if not isinstance(tk, int):
+        return  # other ranks: the registry reports them; symbolic while exporting
     start = segment_bounds(params)[-1]
     if params.query is None:
         if tk < start:

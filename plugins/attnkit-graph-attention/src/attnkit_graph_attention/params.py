@@ -17,6 +17,7 @@ from itertools import pairwise
 from typing import Any
 
 from attnkit.paramcheck import check_int as _check_int
+from attnkit.paramcheck import check_queries_are_last_keys
 
 __all__ = [
     "FORMATS",
@@ -105,16 +106,7 @@ def num_nodes(params: GraphKhopParams) -> int:
 
 def validate(params: GraphKhopParams, q: Any, k: Any, v: Any, is_causal: Any) -> None:
     """Queries are the last ``Tq`` keys (bottom-right aligned): refuse ``Tq > Tk``, naming the sizes."""
-    if q.dim() != 4:
-        return  # the registry reports the token axes itself
-    tq, tk = q.shape[2], k.shape[2]
-    if not (isinstance(tq, int) and isinstance(tk, int)):
-        return  # symbolic while exporting: comparing would pin the graph to one length
-    if tq > tk:
-        raise ValueError(
-            f"graph_khop queries are the last Tq keys: q has Tq={tq} tokens but k has only Tk={tk} "
-            f"(q {tuple(q.shape)}, k {tuple(k.shape)})"
-        )
+    check_queries_are_last_keys("graph_khop", q, k)
 
 
 # A path a-b-c-d serialised over the first 11 tokens: "<t> a a <t> b <t> c c a <t> d"; node a
