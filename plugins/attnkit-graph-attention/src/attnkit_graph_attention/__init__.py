@@ -44,8 +44,7 @@ GRAPH_KHOP = AttentionSpec(
             "supports_mask": True,
             "description": "plain torch: dense attention under the k-hop mask, float32/float64, differentiable",
         },
-        flex="torch.compile(flex_attention) with the k-hop mask_mod (node / reach-table lookups); "
-        "inference on CPU",
+        flex="torch.compile(flex_attention) with the k-hop mask_mod (node / reach-table lookups); inference on CPU",
         onnx="dense attention under the k-hop mask from index arithmetic on the symbolic length",
     ),
     validate="attnkit_graph_attention.params:validate",
