@@ -683,35 +683,31 @@ def _ratio(value: Any) -> str:
 
 
 def _plot_policies(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    try:
-        import matplotlib
+    from attnkit.figures import figure, pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        pyplot()
     except ImportError:
         return []
     names = [r["policy"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    series = (
-        ("needle_accuracy", "needle accuracy"),
-        ("decode_tokens_per_s", "decode tokens / s"),
-        ("kv_mib", "KV cache MiB (end of generation)"),
-    )
-    for ax, (key, title) in zip(axes, series):
-        vals = [r[key] if r[key] is not None else 0.0 for r in rows]
-        bars = ax.bar(range(len(names)), vals, color=["#555"] + ["#3b7dd8"] * (len(names) - 1))
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        if key == "needle_accuracy":
-            # how many prompts each bar stands on: with n = 4, 0.25 is one answer in four
-            ax.bar_label(bars, labels=[f"n={r['n']}" for r in rows], fontsize=7, padding=2)
-            ns = sorted({r["n"] for r in rows})
-            title = f"{title} (n={ns[0]} prompts)" if len(ns) == 1 else f"{title} (n per bar)"
-            ax.set_ylim(0, 1.15)
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     path = out_dir / "policies.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, ncols=3, figsize=(13, 3.6), dpi=110) as (_fig, axes):
+        series = (
+            ("needle_accuracy", "needle accuracy"),
+            ("decode_tokens_per_s", "decode tokens / s"),
+            ("kv_mib", "KV cache MiB (end of generation)"),
+        )
+        for ax, (key, title) in zip(axes, series):
+            vals = [r[key] if r[key] is not None else 0.0 for r in rows]
+            bars = ax.bar(range(len(names)), vals, color=["#555"] + ["#3b7dd8"] * (len(names) - 1))
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            if key == "needle_accuracy":
+                # how many prompts each bar stands on: with n = 4, 0.25 is one answer in four
+                ax.bar_label(bars, labels=[f"n={r['n']}" for r in rows], fontsize=7, padding=2)
+                ns = sorted({r["n"] for r in rows})
+                title = f"{title} (n={ns[0]} prompts)" if len(ns) == 1 else f"{title} (n per bar)"
+                ax.set_ylim(0, 1.15)
+            ax.set_title(title, fontsize=10)
     return [path]
 
 

@@ -205,37 +205,32 @@ def run_prefill_table(
 
 
 def _plot(rows: list[dict[str, Any]], out_dir: Path, limit: int) -> list[Path]:
-    try:
-        import matplotlib
+    from attnkit.figures import figure, pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        pyplot()
     except ImportError:
         return []
     if not rows:
         return []
     kernels = sorted({r["kernel"] for r in rows}, key=lambda n: (n != "dense", n))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for name in kernels:
-        mine = sorted((r for r in rows if r["kernel"] == name), key=lambda r: r["length"])
-        xs = [r["tokens"] for r in mine]
-        style = {"color": "#333", "linewidth": 2.2} if name == "dense" else {}
-        axes[0].plot(xs, [r["needle_accuracy"] or 0.0 for r in mine], marker="o", label=name, **style)
-        axes[1].plot(xs, [r["latency_vs_dense"] for r in mine], marker="o", label=name, **style)
-    for ax in axes:
-        if limit:
-            ax.axvline(limit, color="#c44", linestyle=":", linewidth=1)
-        ax.set_xlabel("prompt tokens" + (f" (dotted: max_position_embeddings = {limit})" if limit else ""))
-        ax.set_xscale("log", base=2)
-    ns = sorted({r["n"] for r in rows})
-    axes[0].set_title(f"needle accuracy (n={ns[0]} per point)" if len(ns) == 1 else "needle accuracy", fontsize=10)
-    axes[0].set_ylim(-0.05, 1.1)
-    axes[1].set_title("prefill latency / dense (lower is faster)", fontsize=10)
-    axes[1].axhline(1.0, color="#999", linewidth=0.8)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
     path = out_dir / "prefill.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, ncols=2, figsize=(11, 3.8), dpi=110) as (_fig, axes):
+        for name in kernels:
+            mine = sorted((r for r in rows if r["kernel"] == name), key=lambda r: r["length"])
+            xs = [r["tokens"] for r in mine]
+            style = {"color": "#333", "linewidth": 2.2} if name == "dense" else {}
+            axes[0].plot(xs, [r["needle_accuracy"] or 0.0 for r in mine], marker="o", label=name, **style)
+            axes[1].plot(xs, [r["latency_vs_dense"] for r in mine], marker="o", label=name, **style)
+        for ax in axes:
+            if limit:
+                ax.axvline(limit, color="#c44", linestyle=":", linewidth=1)
+            ax.set_xlabel("prompt tokens" + (f" (dotted: max_position_embeddings = {limit})" if limit else ""))
+            ax.set_xscale("log", base=2)
+        ns = sorted({r["n"] for r in rows})
+        axes[0].set_title(f"needle accuracy (n={ns[0]} per point)" if len(ns) == 1 else "needle accuracy", fontsize=10)
+        axes[0].set_ylim(-0.05, 1.1)
+        axes[1].set_title("prefill latency / dense (lower is faster)", fontsize=10)
+        axes[1].axhline(1.0, color="#999", linewidth=0.8)
+        axes[0].legend(fontsize=8)
     return [path]

@@ -117,82 +117,59 @@ def _mid_sink_head(scan: SinkScan, n_heads: int, tail: int = 3) -> tuple[int, in
 def _plots(
     out_dir: Path, scan: Any, example: dict[str, Any], search: dict[str, Any], acc: dict[str, float]
 ) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from attnkit.figures import figure
 
     figs: list[Path] = []
-    fig, axes = plt.subplots(1, 2, figsize=(9, 5))
-    for ax, grid, title in (
-        (axes[0], scan.hidden_abs, "absolute rule (mean > THRES)"),
-        (axes[1], scan.hidden_rel, "relative rule (mean > alpha/N)"),
-    ):
-        im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", origin="lower")
-        ax.set_title(f"hidden sinks per sequence\n{title}", fontsize=9)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    p = out_dir / "hidden_sinks.png"
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
-    figs.append(p)
+    with figure(out_dir / "hidden_sinks.png", ncols=2, figsize=(9, 5), dpi=80, into=figs) as (fig, axes):
+        for ax, grid, title in (
+            (axes[0], scan.hidden_abs, "absolute rule (mean > THRES)"),
+            (axes[1], scan.hidden_rel, "relative rule (mean > alpha/N)"),
+        ):
+            im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", origin="lower")
+            ax.set_title(f"hidden sinks per sequence\n{title}", fontsize=9)
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            fig.colorbar(im, ax=ax, fraction=0.046)
 
     if example:
-        fig, ax = plt.subplots(figsize=(7, 6))
-        a = example["pattern"].clamp_min(1e-4).log10().numpy()
-        ax.imshow(a, cmap="magma", vmin=-4, vmax=0)
-        toks = example["tokens"]
-        ax.set_xticks(range(len(toks)), toks, rotation=90, fontsize=6)
-        ax.set_yticks(range(len(toks)), toks, fontsize=6)
-        for j in example["sinks"]:
-            ax.axvline(j, color="cyan", lw=0.8, ls="--")
-        for j in example["sinks_rel"]:
-            ax.axvline(j, color="red", lw=1.2)
-        ax.set_title(
-            f"layer {example['layer']} head {example['head']}: log10 attention\n"
-            "hidden sinks: dashed cyan = absolute rule, solid red = alpha/N rule",
-            fontsize=9,
-        )
-        fig.tight_layout()
-        p = out_dir / "example_map.png"
-        fig.savefig(p, dpi=80)
-        plt.close(fig)
-        figs.append(p)
+        with figure(out_dir / "example_map.png", figsize=(7, 6), dpi=80, into=figs) as (fig, ax):
+            a = example["pattern"].clamp_min(1e-4).log10().numpy()
+            ax.imshow(a, cmap="magma", vmin=-4, vmax=0)
+            toks = example["tokens"]
+            ax.set_xticks(range(len(toks)), toks, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(toks)), toks, fontsize=6)
+            for j in example["sinks"]:
+                ax.axvline(j, color="cyan", lw=0.8, ls="--")
+            for j in example["sinks_rel"]:
+                ax.axvline(j, color="red", lw=1.2)
+            ax.set_title(
+                f"layer {example['layer']} head {example['head']}: log10 attention\n"
+                "hidden sinks: dashed cyan = absolute rule, solid red = alpha/N rule",
+                fontsize=9,
+            )
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    ld = search["layer_delta"]
-    axes[0].bar([str(k) for k in ld], list(ld.values()), color="tab:blue")
-    axes[0].axhline(0, color="k", lw=0.6)
-    axes[0].set_title("coarse search: all heads of a layer calibrated", fontsize=9)
-    axes[0].set_xlabel("layer")
-    axes[0].set_ylabel(f"{search['metric']} - unedited")
-    hd = search["head_delta"]
-    axes[1].bar([f"{lh[0]}.{lh[1]}" for lh in hd], list(hd.values()), color="tab:orange")
-    axes[1].axhline(0, color="k", lw=0.6)
-    axes[1].set_title("fine search: one head calibrated", fontsize=9)
-    axes[1].set_xlabel("layer.head")
-    axes[1].tick_params(axis="x", labelsize=7, rotation=90)
-    fig.tight_layout()
-    p = out_dir / "head_search.png"
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
-    figs.append(p)
+    with figure(out_dir / "head_search.png", ncols=2, figsize=(10, 3.5), dpi=80, into=figs) as (fig, axes):
+        ld = search["layer_delta"]
+        axes[0].bar([str(k) for k in ld], list(ld.values()), color="tab:blue")
+        axes[0].axhline(0, color="k", lw=0.6)
+        axes[0].set_title("coarse search: all heads of a layer calibrated", fontsize=9)
+        axes[0].set_xlabel("layer")
+        axes[0].set_ylabel(f"{search['metric']} - unedited")
+        hd = search["head_delta"]
+        axes[1].bar([f"{lh[0]}.{lh[1]}" for lh in hd], list(hd.values()), color="tab:orange")
+        axes[1].axhline(0, color="k", lw=0.6)
+        axes[1].set_title("fine search: one head calibrated", fontsize=9)
+        axes[1].set_xlabel("layer.head")
+        axes[1].tick_params(axis="x", labelsize=7, rotation=90)
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    names = list(acc)
-    ax.bar(names, [acc[n] for n in names], color=["gray", "tab:green", "tab:red", "tab:purple"][: len(names)])
-    for i, n in enumerate(names):
-        ax.text(i, acc[n] + 0.01, f"{acc[n]:.3f}", ha="center", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("held-out accuracy")
-    ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    p = out_dir / "heldout_accuracy.png"
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
-    figs.append(p)
+    with figure(out_dir / "heldout_accuracy.png", figsize=(6, 3.2), dpi=80, into=figs) as (fig, ax):
+        names = list(acc)
+        ax.bar(names, [acc[n] for n in names], color=["gray", "tab:green", "tab:red", "tab:purple"][: len(names)])
+        for i, n in enumerate(names):
+            ax.text(i, acc[n] + 0.01, f"{acc[n]:.3f}", ha="center", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("held-out accuracy")
+        ax.tick_params(axis="x", labelsize=8)
     return figs
 
 

@@ -59,48 +59,44 @@ def edited_accuracy(
 
 
 def _heatmaps(circuits: dict[str, TaskCircuit], out_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from attnkit.figures import figure
 
     cols = [
         ("activation", "activation patching"),
         ("to_logits", "path -> logits"),
         ("to_receivers", "path -> stage-1 heads"),
     ]
-    fig, axes = plt.subplots(len(circuits), 3, figsize=(11, 4.2 * len(circuits)), squeeze=False)
-    for r, (task, c) in enumerate(circuits.items()):
-        for j, (attr, title) in enumerate(cols):
-            ax = axes[r][j]
-            t = getattr(c, attr).numpy()
-            lim = max(1e-6, float(abs(t[~(t != t)]).max()) if (t == t).any() else 1.0)
-            im = ax.imshow(t, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            marks = c.stage1 if attr == "to_logits" else c.stage2 if attr == "to_receivers" else c.circuit
-            for layer, h in marks:
-                ax.scatter([h], [layer], s=30, facecolors="none", edgecolors="k", linewidths=1.2)
-            ax.set_title(f"{LABEL[task]}: {title}", fontsize=9)
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(
-        "Patching score (LD_patched - LD_clean) / (LD_corrupt - LD_clean) at [END]; circles: kept heads", fontsize=9
-    )
-    fig.tight_layout()
     p = out_dir / "patching_heatmaps.png"
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
+    with figure(p, nrows=len(circuits), ncols=3, figsize=(11, 4.2 * len(circuits)), dpi=80, squeeze=False) as (
+        fig,
+        axes,
+    ):
+        for r, (task, c) in enumerate(circuits.items()):
+            for j, (attr, title) in enumerate(cols):
+                ax = axes[r][j]
+                t = getattr(c, attr).numpy()
+                lim = max(1e-6, float(abs(t[~(t != t)]).max()) if (t == t).any() else 1.0)
+                im = ax.imshow(t, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+                marks = c.stage1 if attr == "to_logits" else c.stage2 if attr == "to_receivers" else c.circuit
+                for layer, h in marks:
+                    ax.scatter([h], [layer], s=30, facecolors="none", edgecolors="k", linewidths=1.2)
+                ax.set_title(f"{LABEL[task]}: {title}", fontsize=9)
+                ax.set_xlabel("head")
+                ax.set_ylabel("layer")
+                fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle(
+            "Patching score (LD_patched - LD_clean) / (LD_corrupt - LD_clean) at [END]; circles: kept heads", fontsize=9
+        )
     return p
 
 
 def _overlap_plot(
     circuits: dict[str, TaskCircuit], shape: tuple[int, int], stats: dict[str, float], out_dir: Path
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.colors
     import numpy as np
+
+    from attnkit.figures import figure
 
     a, b = (set(circuits[t].circuit) for t in TASKS)
     grid = np.zeros(shape)
@@ -108,59 +104,51 @@ def _overlap_plot(
         grid[layer, h] += 1
     for layer, h in b:
         grid[layer, h] += 2
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
-    cmap = matplotlib.colors.ListedColormap(["#f4f4f4", "#4c72b0", "#dd8452", "#2ca02c"])
-    ax.imshow(grid, aspect="auto", cmap=cmap, vmin=-0.5, vmax=3.5, interpolation="nearest")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title("circuit heads: blue IOI only, orange CO only, green both", fontsize=9)
-    names = ["Jaccard", "share of IOI\ncircuit in CO"]
-    obs = [stats["jaccard"], stats["share"]]
-    exp = [stats["jaccard_chance"], stats["share_chance"]]
-    x = np.arange(2)
-    bx.bar(x - 0.18, obs, 0.36, label="measured")
-    bx.bar(x + 0.18, exp, 0.36, label="random head sets (expected)")
-    bx.set_xticks(x, names)
-    bx.set_ylim(0, 1)
-    bx.set_title(f"overlap vs chance (P(>= observed) = {stats['p_value']:.2g})", fontsize=9)
-    bx.legend(fontsize=8)
-    fig.tight_layout()
     p = out_dir / "circuit_overlap.png"
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
+    with figure(p, ncols=2, figsize=(9, 4.5), dpi=80, gridspec_kw={"width_ratios": [1.2, 1]}) as (_fig, (ax, bx)):
+        cmap = matplotlib.colors.ListedColormap(["#f4f4f4", "#4c72b0", "#dd8452", "#2ca02c"])
+        ax.imshow(grid, aspect="auto", cmap=cmap, vmin=-0.5, vmax=3.5, interpolation="nearest")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title("circuit heads: blue IOI only, orange CO only, green both", fontsize=9)
+        names = ["Jaccard", "share of IOI\ncircuit in CO"]
+        obs = [stats["jaccard"], stats["share"]]
+        exp = [stats["jaccard_chance"], stats["share_chance"]]
+        x = np.arange(2)
+        bx.bar(x - 0.18, obs, 0.36, label="measured")
+        bx.bar(x + 0.18, exp, 0.36, label="random head sets (expected)")
+        bx.set_xticks(x, names)
+        bx.set_ylim(0, 1)
+        bx.set_title(f"overlap vs chance (P(>= observed) = {stats['p_value']:.2g})", fontsize=9)
+        bx.legend(fontsize=8)
     return p
 
 
 def _intervention_plot(rows: dict[str, dict[str, Any]], out_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 3.8), squeeze=False)
-    for ax, (task, r) in zip(axes[0], rows.items()):
-        labels = ["unedited", "boost reused", "boost random", "suppress reused", "suppress random"]
-        vals = [
-            r["baseline"],
-            r["boost"],
-            float(np.mean(r["boost_random"])),
-            r["suppress"],
-            float(np.mean(r["suppress_random"])),
-        ]
-        errs = [0, 0, float(np.std(r["boost_random"])), 0, float(np.std(r["suppress_random"]))]
-        colors = ["gray", "#2ca02c", "#9ecae1", "#d62728", "#fdae6b"]
-        ax.bar(range(5), vals, yerr=errs, color=colors, capsize=3)
-        ax.axhline(CHANCE[task], color="k", ls=":", lw=1, label="chance")
-        ax.set_xticks(range(5), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{LABEL[task]} (n={r['n']})", fontsize=9)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    from attnkit.figures import figure
+
     p = out_dir / "interventions.png"
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
+    with figure(p, ncols=len(rows), figsize=(5 * len(rows), 3.8), dpi=80, squeeze=False) as (_fig, axes):
+        for ax, (task, r) in zip(axes[0], rows.items()):
+            labels = ["unedited", "boost reused", "boost random", "suppress reused", "suppress random"]
+            vals = [
+                r["baseline"],
+                r["boost"],
+                float(np.mean(r["boost_random"])),
+                r["suppress"],
+                float(np.mean(r["suppress_random"])),
+            ]
+            errs = [0, 0, float(np.std(r["boost_random"])), 0, float(np.std(r["suppress_random"]))]
+            colors = ["gray", "#2ca02c", "#9ecae1", "#d62728", "#fdae6b"]
+            ax.bar(range(5), vals, yerr=errs, color=colors, capsize=3)
+            ax.axhline(CHANCE[task], color="k", ls=":", lw=1, label="chance")
+            ax.set_xticks(range(5), labels, rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("accuracy")
+            ax.set_title(f"{LABEL[task]} (n={r['n']})", fontsize=9)
+            ax.legend(fontsize=8)
     return p
 
 

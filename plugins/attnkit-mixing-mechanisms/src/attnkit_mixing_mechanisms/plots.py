@@ -6,6 +6,8 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from attnkit.figures import figure
+
 __all__ = ["plot_accuracy", "plot_layer_sweep", "plot_lines"]
 
 _STYLE = {
@@ -18,34 +20,21 @@ _STYLE = {
 }
 
 
-def _plt():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_lines(
     path: Path, x: Sequence[float], lines: Mapping[str, Sequence[float]], *, title: str, xlabel: str, ylabel: str
 ) -> Path:
     """One line per mechanism (``lines``: name -> values over ``x``), y in [0, 1]."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
-    for name, ys in lines.items():
-        color, ls, marker = _STYLE.get(name, ("black", "-", "o"))
-        ax.plot(list(x), list(ys), ls=ls, marker=marker, color=color, label=name)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xticks(list(x))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(textwrap.fill(title, 62), fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, figsize=(5.2, 3.4), dpi=100) as (_fig, ax):
+        for name, ys in lines.items():
+            color, ls, marker = _STYLE.get(name, ("black", "-", "o"))
+            ax.plot(list(x), list(ys), ls=ls, marker=marker, color=color, label=name)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(list(x))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(textwrap.fill(title, 62), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     return path
 
 
@@ -53,21 +42,17 @@ def plot_accuracy(
     path: Path, x: Sequence[int], acc: Sequence[float], top1: Sequence[float], chance: float, title: str
 ) -> Path:
     """Unedited binding accuracy per queried position, with chance."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
-    ax.plot(list(x), list(acc), marker="o", label="argmax over candidates")
-    ax.plot(list(x), list(top1), marker="s", ls="--", label="full-vocabulary top-1")
-    ax.axhline(chance, color="gray", ls=":", label=f"chance 1/n = {chance:.2f}")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xticks(list(x))
-    ax.set_xlabel("position of the queried group")
-    ax.set_ylabel("accuracy")
-    ax.set_title(textwrap.fill(title, 62), fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, figsize=(5.2, 3.4), dpi=100) as (_fig, ax):
+        ax.plot(list(x), list(acc), marker="o", label="argmax over candidates")
+        ax.plot(list(x), list(top1), marker="s", ls="--", label="full-vocabulary top-1")
+        ax.axhline(chance, color="gray", ls=":", label=f"chance 1/n = {chance:.2f}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(list(x))
+        ax.set_xlabel("position of the queried group")
+        ax.set_ylabel("accuracy")
+        ax.set_title(textwrap.fill(title, 62), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return path
 
 

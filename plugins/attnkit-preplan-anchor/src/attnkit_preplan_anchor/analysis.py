@@ -134,10 +134,7 @@ def _plots(
     n_heads: int,
     layers: list[int],
 ) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from attnkit.figures import figure
 
     figs = []
     rs = first.response_start
@@ -145,54 +142,49 @@ def _plots(
     # 1. the sawtooth: local-head map near the diagonal and WAAD along the answer
     m = min(n, 64)
     sub = first.avg_local[rs : rs + m, rs - 8 if rs >= 8 else 0 : rs + m].float()
-    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(8, 7), height_ratios=[2, 1])
-    ax0.imshow(sub.clamp(min=1e-4).log10().numpy(), aspect="auto", cmap="viridis")
-    ax0.set_title("local-head attention near the diagonal (log10), first answer")
-    ax0.set_xlabel("key position (from 8 before the answer)")
-    ax0.set_ylabel("answer token")
-    wr = first.waad[rs:].float()
-    ax1.plot(wr.numpy(), lw=1)
-    pre = torch.nonzero(first.credit.t_loc).flatten()
-    ax1.scatter(pre.numpy(), wr[pre].numpy(), s=10, c="r", label="preplan (top-q |dWAAD|)")
-    ax1.set_xlabel("answer token")
-    ax1.set_ylabel(f"WAAD (W={window})")
-    ax1.legend(fontsize=7)
-    fig.tight_layout()
     p = out_dir / "waad_sawtooth.png"
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
+    with figure(p, nrows=2, figsize=(8, 7), height_ratios=[2, 1]) as (_fig, (ax0, ax1)):
+        ax0.imshow(sub.clamp(min=1e-4).log10().numpy(), aspect="auto", cmap="viridis")
+        ax0.set_title("local-head attention near the diagonal (log10), first answer")
+        ax0.set_xlabel("key position (from 8 before the answer)")
+        ax0.set_ylabel("answer token")
+        wr = first.waad[rs:].float()
+        ax1.plot(wr.numpy(), lw=1)
+        pre = torch.nonzero(first.credit.t_loc).flatten()
+        ax1.scatter(pre.numpy(), wr[pre].numpy(), s=10, c="r", label="preplan (top-q |dWAAD|)")
+        ax1.set_xlabel("answer token")
+        ax1.set_ylabel(f"WAAD (W={window})")
+        ax1.legend(fontsize=7)
     figs.append(p)
     # 2. FAI along the generation
-    fig, ax = plt.subplots(figsize=(8, 3))
-    fr = first.fai[rs:].float()
-    ax.plot(fr.numpy(), lw=1)
-    anc = torch.nonzero(first.credit.t_glob).flatten()
-    ax.scatter(anc.numpy(), fr[anc].numpy(), s=10, c="r", label="anchors (top-q FAI)")
-    ax.set_xlabel("answer token")
-    ax.set_ylabel("FAI")
-    ax.set_title("Future Attention Influence along the first answer")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
     p = out_dir / "fai_along_generation.png"
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
+    with figure(p, figsize=(8, 3)) as (_fig, ax):
+        fr = first.fai[rs:].float()
+        ax.plot(fr.numpy(), lw=1)
+        anc = torch.nonzero(first.credit.t_glob).flatten()
+        ax.scatter(anc.numpy(), fr[anc].numpy(), s=10, c="r", label="anchors (top-q FAI)")
+        ax.set_xlabel("answer token")
+        ax.set_ylabel("FAI")
+        ax.set_title("Future Attention Influence along the first answer")
+        ax.legend(fontsize=7)
     figs.append(p)
     # 3. head spans, local and global groups
-    fig, ax = plt.subplots(figsize=(8, 3))
-    order = torch.argsort(spans)
-    colors = [
-        "tab:blue" if int(i) in set(groups[0].tolist()) else "tab:red" if int(i) in set(groups[1].tolist()) else "0.7"
-        for i in order
-    ]
-    ax.bar(range(len(order)), spans[order].numpy(), color=colors)
-    ax.set_xticks(range(len(order)))
-    ax.set_xticklabels([f"{layers[int(i) // n_heads]}.{int(i) % n_heads}" for i in order], rotation=90, fontsize=5)
-    ax.set_ylabel("head span d (tokens)")
-    ax.set_title("head span: local (blue) and global (red) heads")
-    fig.tight_layout()
     p = out_dir / "head_span.png"
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
+    with figure(p, figsize=(8, 3)) as (_fig, ax):
+        order = torch.argsort(spans)
+        colors = [
+            "tab:blue"
+            if int(i) in set(groups[0].tolist())
+            else "tab:red"
+            if int(i) in set(groups[1].tolist())
+            else "0.7"
+            for i in order
+        ]
+        ax.bar(range(len(order)), spans[order].numpy(), color=colors)
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels([f"{layers[int(i) // n_heads]}.{int(i) % n_heads}" for i in order], rotation=90, fontsize=5)
+        ax.set_ylabel("head span d (tokens)")
+        ax.set_title("head span: local (blue) and global (red) heads")
     figs.append(p)
     return figs
 

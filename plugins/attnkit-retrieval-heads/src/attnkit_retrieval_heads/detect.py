@@ -92,25 +92,20 @@ def _answer(tokenizer: Any, generated: Sequence[int]) -> str:
 
 def save_heatmap(scores: np.ndarray, path: str | Path, title: str = "retrieval score") -> Path:
     """Write a ``(L, H)`` score grid as a PNG heatmap (layers down, heads across)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from attnkit.figures import figure
 
     path = Path(path)
     n_layers, n_heads = scores.shape
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n_heads, 1.0 + 0.22 * n_layers))
-    im = ax.imshow(scores, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1e-9, float(np.max(scores, initial=0.0))))
-    ax.set_xlabel("query head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(n_heads))
-    ax.set_yticks(range(0, n_layers, max(1, n_layers // 15)))
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="score")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, figsize=(1.2 + 0.45 * n_heads, 1.0 + 0.22 * n_layers), dpi=110) as (fig, ax):
+        im = ax.imshow(
+            scores, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1e-9, float(np.max(scores, initial=0.0)))
+        )
+        ax.set_xlabel("query head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(n_heads))
+        ax.set_yticks(range(0, n_layers, max(1, n_layers // 15)))
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax, label="score")
     return path
 
 

@@ -119,11 +119,10 @@ def _full_level(rows: Sequence[dict[str, Any]], task: str, metric: str, setting:
 
 
 def _plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    try:
-        import matplotlib
+    from attnkit.figures import figure, pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        pyplot()
     except ImportError:
         return []
     panels: list[tuple[str, str, str | None, str]] = []
@@ -134,42 +133,39 @@ def _plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
         panels.append(("reasoning", "accuracy", None, "reasoning accuracy (exact)"))
     figures = []
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
-        for ax, (task, metric, setting, title) in zip(axes[0], panels):
-            for label, pts in sorted(curves(rows, task, metric, setting).items()):
-                ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=label)
-            level = _full_level(rows, task, metric, setting)
-            if level is not None:
-                ax.axhline(level, color="k", linestyle="--", linewidth=1, label="full")
-            ax.set_xlabel("budget")
-            ax.set_ylabel(metric)
-            ax.set_ylim(-0.05, 1.05)
-            ax.set_title(title, fontsize=10)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
         path = out_dir / "accuracy_vs_budget.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        with figure(path, ncols=len(panels), figsize=(5.2 * len(panels), 4.0), dpi=110, squeeze=False) as (_fig, axes):
+            for ax, (task, metric, setting, title) in zip(axes[0], panels):
+                for label, pts in sorted(curves(rows, task, metric, setting).items()):
+                    ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=label)
+                level = _full_level(rows, task, metric, setting)
+                if level is not None:
+                    ax.axhline(level, color="k", linestyle="--", linewidth=1, label="full")
+                ax.set_xlabel("budget")
+                ax.set_ylabel(metric)
+                ax.set_ylim(-0.05, 1.05)
+                ax.set_title(title, fontsize=10)
+                ax.legend(fontsize=7)
         figures.append(path)
     ppl_lengths = sorted({r["length"] for r in rows if r["task"] == "ppl"})
     if ppl_lengths:
-        fig, axes = plt.subplots(1, len(ppl_lengths), figsize=(5.2 * len(ppl_lengths), 4.0), squeeze=False)
-        for ax, length in zip(axes[0], ppl_lengths):
-            sel = [r for r in rows if r["task"] == "ppl" and r["length"] == length]
-            for label, pts in sorted(curves(sel, "ppl", "ppl").items()):
-                ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=label)
-            level = _full_level(sel, "ppl", "ppl", None)
-            if level is not None:
-                ax.axhline(level, color="k", linestyle="--", linewidth=1, label="full")
-            ax.set_yscale("log")
-            ax.set_xlabel("budget")
-            ax.set_ylabel("perplexity")
-            ax.set_title(f"perplexity, {length} tokens", fontsize=10)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
         path = out_dir / "ppl_vs_budget.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        with figure(path, ncols=len(ppl_lengths), figsize=(5.2 * len(ppl_lengths), 4.0), dpi=110, squeeze=False) as (
+            _fig,
+            axes,
+        ):
+            for ax, length in zip(axes[0], ppl_lengths):
+                sel = [r for r in rows if r["task"] == "ppl" and r["length"] == length]
+                for label, pts in sorted(curves(sel, "ppl", "ppl").items()):
+                    ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=label)
+                level = _full_level(sel, "ppl", "ppl", None)
+                if level is not None:
+                    ax.axhline(level, color="k", linestyle="--", linewidth=1, label="full")
+                ax.set_yscale("log")
+                ax.set_xlabel("budget")
+                ax.set_ylabel("perplexity")
+                ax.set_title(f"perplexity, {length} tokens", fontsize=10)
+                ax.legend(fontsize=7)
         figures.append(path)
     return figures
 
