@@ -381,13 +381,14 @@ class Session:
             z = fused
         elif explicit and run.edits_any(("hook_scores", "hook_pattern"), layer):
             z = self._explicit(layer, q, k, v, mask, is_causal, scaling, run)
+            assert z is not None  # output=True
         else:
             extra: dict[str, Any] = {"mask": mask} if mask is not None else {}
             z = self.spec(
                 q, k, v, backend=self.backend, is_causal=is_causal, scale=scaling, params=self.params, **extra
             )
             if explicit:  # capture only: the kernel's output stands, the pattern is recomputed
-                self._explicit(layer, q, k, v, mask, is_causal, scaling, run)
+                self._explicit(layer, q, k, v, mask, is_causal, scaling, run, output=False)
         z = run.visit("hook_z", layer, z)
         return z.transpose(1, 2).contiguous()
 
@@ -401,9 +402,12 @@ class Session:
         is_causal: bool,
         scaling: float | None,
         run: Run,
-    ) -> torch.Tensor:
+        *,
+        output: bool = True,
+    ) -> torch.Tensor | None:
         """Scores, pattern and output computed step by step so analyses can see and edit them.
-        Follows the spec's own mask definition, so the pattern is the kernel's pattern."""
+        Follows the spec's own mask definition, so the pattern is the kernel's pattern.
+        ``output=False`` (capture only, the kernel's output stands): stop after the pattern."""
         from attnkit.reference.dense import causal_mask
         from attnkit.registry import resolve
 
@@ -430,11 +434,15 @@ class Session:
                     "(AttentionSpec.mask or input_mask)"
                 )
             allowed = allowed & spec_mask.to(q.device)
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        # in place: the product above is this function's own tensor, and (T, T) copies per head
+        # are what every-layer capture pays for
+        scores.masked_fill_(~allowed, float("-inf"))
         scores = run.visit("hook_scores", layer, scores)
         work = torch.promote_types(scores.dtype, torch.float32)  # float32 at least, float64 stays
-        pattern = torch.softmax(scores.to(work), dim=-1).nan_to_num(0.0).to(q.dtype)  # empty rows -> 0
+        pattern = torch.softmax(scores.to(work), dim=-1).nan_to_num_(0.0).to(q.dtype)  # empty rows -> 0
         pattern = run.visit("hook_pattern", layer, pattern)
+        if not output:
+            return None
         out = torch.matmul(pattern.reshape(b, hkv, g, tq, tk), v.unsqueeze(2))
         return out.reshape(b, hq, tq, v.shape[-1])
 
