@@ -389,3 +389,137 @@ def test_a_kernel_that_cannot_decode_refuses_generate_before_the_prefill(llama: 
             ):
                 llama.generate(x, max_new_tokens=2, do_sample=False)
         assert calls == []
+
+
+def test_attn_out_and_mlp_out_add_up_to_the_residual_stream() -> None:
+    """Llama block: resid_post = resid_pre + attn_out + mlp_out (the block's own two adds)."""
+    model = tiny_llama()
+    x = ids()
+    sites = ["blocks.{l}.hook_resid_pre", "blocks.{l}.hook_attn_out", "blocks.{l}.hook_mlp_out"]
+    cap = Capture([*sites, "blocks.{l}.hook_resid_post"])
+    with torch.no_grad(), attnkit.patch(model, "dense", analyses=[cap]):
+        model(x)
+    for layer in range(2):
+        pre, attn, mlp, post = (
+            cap.first(f"blocks.{layer}.{s}")
+            for s in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+        )
+        assert attn.shape == mlp.shape == pre.shape == (2, 12, model.config.hidden_size)
+        torch.testing.assert_close(post, pre + attn + mlp, atol=1e-6, rtol=1e-6)
+        assert float(attn.abs().max()) > 0 and float(mlp.abs().max()) > 0
+
+
+def test_zeroing_attn_out_equals_a_zeroed_o_proj() -> None:
+    model = tiny_llama()
+    x = ids()
+
+    class ZeroAttnOut:
+        @attnkit.hookimpl
+        def attnkit_sites(self) -> list[str]:
+            return ["blocks.1.hook_attn_out"]
+
+        @attnkit.hookimpl
+        def attnkit_edit(self, site, layer, tensor, run):  # type: ignore[no-untyped-def]
+            return torch.zeros_like(tensor)
+
+    with torch.no_grad():
+        with attnkit.patch(model, analyses=[ZeroAttnOut()]):
+            out = model(x).logits
+        proj = model.model.layers[1].self_attn.o_proj
+        saved = proj.weight.clone()
+        proj.weight.zero_()
+        ref = model(x).logits
+        proj.weight.copy_(saved)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_bert_attn_out_and_mlp_out_are_the_dense_projections() -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    bert = transformers.BertModel(config).eval()
+    x = ids(length=9)
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        bert.encoder.layer[1].attention.output.dense.register_forward_hook(
+            lambda m, a, o: seen.__setitem__("attn", o.detach().clone())
+        ),
+        bert.encoder.layer[1].output.dense.register_forward_hook(
+            lambda m, a, o: seen.__setitem__("mlp", o.detach().clone())
+        ),
+    ]
+    with torch.no_grad():
+        bert(x)
+    for h in handles:
+        h.remove()
+    cap = Capture(["blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"])
+    with torch.no_grad(), attnkit.patch(bert, "dense", analyses=[cap]):
+        bert(x)
+    torch.testing.assert_close(cap.first("blocks.1.hook_attn_out"), seen["attn"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cap.first("blocks.1.hook_mlp_out"), seen["mlp"], atol=1e-5, rtol=1e-5)
+
+
+def _zeroed_o_proj_logits(model: torch.nn.Module, x: torch.Tensor, layer: int, head: int) -> torch.Tensor:
+    w = model.model.layers[layer].self_attn.o_proj.weight
+    saved = w.clone()
+    w[:, head * 16 : (head + 1) * 16] = 0
+    out = model(x).logits
+    w.copy_(saved)
+    return out
+
+
+def test_head_edits_per_batch_row_equal_each_ablation_alone() -> None:
+    model = tiny_llama()
+    x = ids(batch=3)
+    edits = [HeadEdit({1: [2]}, rows=[0]), HeadEdit({0: [1]}, rows=[2])]
+    with torch.no_grad():
+        with attnkit.patch(model, analyses=edits):
+            out = model(x).logits
+        plain = model(x).logits
+        ref0 = _zeroed_o_proj_logits(model, x[:1], 1, 2)
+        ref2 = _zeroed_o_proj_logits(model, x[2:], 0, 1)
+    torch.testing.assert_close(out[0], ref0[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], plain[1], atol=1e-5, rtol=1e-5)  # row 1: no edit names it
+    torch.testing.assert_close(out[2], ref2[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[0], plain[0], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("rows", "error", "match"),
+    [([], ValueError, "at least one"), ([-1], ValueError, "non-negative"), ([0, 0], ValueError, "repeat"),
+     ("0", TypeError, "sequence"), ([True], ValueError, "non-negative")],
+)  # fmt: skip
+def test_head_edit_rows_are_checked(rows: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        HeadEdit({0: [0]}, rows=rows)  # type: ignore[arg-type]
+
+
+def test_head_edit_row_outside_the_batch_is_named(llama: torch.nn.Module) -> None:
+    with (
+        torch.no_grad(),
+        pytest.raises(ValueError, match=r"rows \[2\] do not exist in a batch of 2"),
+        attnkit.patch(llama, analyses=[HeadEdit({0: [0]}, rows=[2])]),
+    ):
+        llama(ids())
+
+
+def test_explicit_path_is_a_no_op_sharing_the_edited_runs_numerics() -> None:
+    from attnkit.runtime import ExplicitPath
+
+    model = tiny_llama()
+    x = ids(batch=1, length=16)
+    with torch.no_grad():
+        plain = model(x).logits
+        with attnkit.patch(model, "dense", analyses=[ExplicitPath()]):
+            base = model(x).logits
+        with attnkit.patch(model, "dense", analyses=[ScoreEdit([0, 1], (8, 12), mode="mask")]):
+            masked = model(x).logits
+    torch.testing.assert_close(base, plain, atol=1e-5, rtol=1e-5)
+    # queries before the masked span see none of it: bit-identical to the no-op baseline
+    assert torch.equal(masked[:, :8], base[:, :8])
+    assert not torch.allclose(masked[:, 12:], base[:, 12:], atol=1e-4)
+    with pytest.raises(ValueError, match="layers must be non-negative"):
+        ExplicitPath([0, -1])

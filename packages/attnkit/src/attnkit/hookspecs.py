@@ -84,7 +84,9 @@ class RuntimeSpecs:
     ``hook_scores`` (pre-softmax logits after the mask, ``(B, Hq, Tq, Tk)``),
     ``hook_pattern`` (probabilities, GQA expanded, ``(B, Hq, Tq, Tk)``), ``hook_z`` (per-head
     output before ``o_proj``, ``(B, Hq, T, Dv)``), ``blocks.{l}.hook_resid_pre`` /
-    ``hook_resid_post`` (``(B, T, E)``), and ``logits`` (``(B, T, V)``).
+    ``hook_resid_post`` (``(B, T, E)``), ``blocks.{l}.hook_attn_out`` / ``hook_mlp_out`` (the
+    attention's and the MLP's output projection before the residual add, ``(B, T, E)``), and
+    ``logits`` (``(B, T, V)``).
     """
 
     @hookspec

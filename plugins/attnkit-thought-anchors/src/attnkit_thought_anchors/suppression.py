@@ -3,7 +3,7 @@
 To suppress sentence ``i`` its keys ``[start_i, end_i)`` are masked before the softmax in
 every head of every layer (the core's :class:`~attnkit.runtime.ScoreEdit` in ``"mask"`` mode
 at ``blocks.{l}.attn.hook_scores``); the baseline goes through the same explicit
-scores -> softmax -> ``A V`` path with a no-op edit, so positions the suppression cannot reach
+scores -> softmax -> ``A V`` path (the core's no-op :class:`~attnkit.runtime.ExplicitPath`), so positions the suppression cannot reach
 (queries before ``start_i``) give bit-identical logits and a KL of exactly 0.
 
 The released code masks with ``finfo(dtype).min`` added to a causal mask that may hold the
@@ -28,11 +28,11 @@ EPS_LOG = 1e-9
 
 
 def _editor(n_layers: int, span: tuple[int, int] | None, heads: Any) -> Any:
-    from attnkit.runtime import ScoreEdit
+    from attnkit.runtime import ExplicitPath, ScoreEdit
 
     every = list(range(n_layers))
-    if span is None:  # the baseline: same explicit path, scores unchanged (+0)
-        return ScoreEdit(every, None, mode="boost", amount=0.0)
+    if span is None:  # the baseline: the same explicit path, nothing edited
+        return ExplicitPath(every)
     return ScoreEdit(every if heads is None else heads, span, mode="mask")
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,6 +44,11 @@ class Layers:
     family: str
     blocks: list[nn.Module]
     attention: list[nn.Module]
+    #: per block, the module whose output is ``hook_attn_out`` / ``hook_mlp_out``: the
+    #: attention's and the MLP's output projection, before the residual add (and before BERT's
+    #: dropout + LayerNorm, which fold the residual in)
+    attn_out: list[nn.Module] = field(default_factory=list)
+    mlp_out: list[nn.Module] = field(default_factory=list)
 
 
 def attention_layers(model: nn.Module) -> Layers:
@@ -57,11 +62,19 @@ def attention_layers(model: nn.Module) -> Layers:
     if model_type in FAMILIES["llama"]:
         base = getattr(model, "model", model)
         blocks = list(getattr(base, "layers", []))
-        return Layers("llama", blocks, [b.self_attn for b in blocks])
+        return Layers(
+            "llama", blocks, [b.self_attn for b in blocks], [b.self_attn for b in blocks], [b.mlp for b in blocks]
+        )
     if model_type in FAMILIES["bert"]:
         base = getattr(model, "bert", model)
         blocks = list(base.encoder.layer)
-        return Layers("bert", blocks, [b.attention.self for b in blocks])
+        return Layers(
+            "bert",
+            blocks,
+            [b.attention.self for b in blocks],
+            [b.attention.output.dense for b in blocks],
+            [b.output.dense for b in blocks],
+        )
     raise NotImplementedError(
         f"attnkit.patch does not support model_type={model_type!r} ({type(model).__name__}); supported families: {supported}"
     )
@@ -305,7 +318,10 @@ class Session:
             if f"blocks.{i}.hook_resid_pre" in run.sites:
                 self._handles.append(block.register_forward_pre_hook(_resid_pre(run, i), with_kwargs=True))
             if f"blocks.{i}.hook_resid_post" in run.sites:
-                self._handles.append(block.register_forward_hook(_resid_post(run, i)))
+                self._handles.append(block.register_forward_hook(_output_site(run, "hook_resid_post", i)))
+            for site, modules in (("hook_attn_out", self.layers.attn_out), ("hook_mlp_out", self.layers.mlp_out)):
+                if f"blocks.{i}.{site}" in run.sites:
+                    self._handles.append(modules[i].register_forward_hook(_output_site(run, site, i)))
         if "logits" in run.sites:
             self._handles.append(self.model.register_forward_hook(_logits(run)))
 
@@ -478,10 +494,12 @@ def _resid_pre(run: Run, layer: int) -> Any:
     return hook
 
 
-def _resid_post(run: Run, layer: int) -> Any:
+def _output_site(run: Run, site: str, layer: int) -> Any:
+    """Forward hook visiting ``site`` with a module's output (its first element for a tuple)."""
+
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         hidden = _first(output)
-        new = run.visit("hook_resid_post", layer, hidden)
+        new = run.visit(site, layer, hidden)
         if new is hidden:
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new

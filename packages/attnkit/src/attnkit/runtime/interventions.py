@@ -19,7 +19,7 @@ import torch
 from attnkit.hookspecs import hookimpl
 from attnkit.runtime.capture import Capture
 
-__all__ = ["ActivationPatch", "HeadEdit", "PatternRedistribute", "ScoreEdit", "heads_by_layer"]
+__all__ = ["ActivationPatch", "ExplicitPath", "HeadEdit", "PatternRedistribute", "ScoreEdit", "heads_by_layer"]
 
 
 def heads_by_layer(heads: Any) -> dict[int, list[int]]:
@@ -57,6 +57,20 @@ def _check_heads(layer: int, heads: list[int], n_heads: int) -> None:
         raise ValueError(f"heads {bad} do not exist in block {layer}, which has {n_heads} query heads")
 
 
+def _rows(rows: Any) -> list[int]:
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+        raise TypeError(f"rows must be a sequence of batch indices, got {type(rows).__name__}")
+    out = list(rows)
+    if not out:
+        raise ValueError("rows must name at least one batch row (None edits every row)")
+    for r in out:
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"rows must be non-negative batch indices, got {r!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"rows must not repeat a batch index, got {out}")
+    return sorted(out)
+
+
 def _span(span: Any) -> tuple[int, int]:
     if not isinstance(span, (tuple, list)) or len(span) != 2 or not all(isinstance(x, int) for x in span):
         raise TypeError(f"span must be (start, stop) key positions, got {span!r}")
@@ -67,26 +81,32 @@ def _span(span: Any) -> tuple[int, int]:
 
 
 class HeadEdit:
-    """Edit per-head outputs before the output projection (site ``hook_z``).
+    """Edit per-head outputs before the output projection (site ``hook_z``, ``(B, Hq, T, Dv)``).
 
     :param heads: ``{layer: [head, ...]}`` or ``[(layer, head), ...]``.
     :param mode: ``"zero"``, ``"mean"`` (the head's mean output over the current tokens, per
         sequence), ``"scale"`` (multiply by ``factor``) or ``"replace"`` (with ``value``,
-        broadcastable to ``(B, T, D)``).
+        broadcastable to ``(B, T, D)``, or ``(b, n_heads, T, D)`` with ``b`` the edited rows).
     :param factor: for ``"scale"``.
     :param value: for ``"replace"``.
+    :param rows: batch rows the edit applies to (``None``: every row). Several ``HeadEdit`` with
+        different ``rows`` ablate different heads in one batched forward (an importance scan
+        of ``n`` heads in ``n`` rows, the unedited run in another).
     """
 
     name = "head_edit"
     MODES = ("zero", "mean", "scale", "replace")
 
-    def __init__(self, heads: Any, mode: str = "zero", factor: float = 1.0, value: Any = None) -> None:
+    def __init__(
+        self, heads: Any, mode: str = "zero", factor: float = 1.0, value: Any = None, rows: Sequence[int] | None = None
+    ) -> None:
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         if mode == "replace" and value is None:
             raise ValueError("mode='replace' needs value= (a tensor broadcastable to (B, T, D))")
         self.heads = heads_by_layer(heads)
         self.mode, self.factor, self.value = mode, float(factor), value
+        self.rows = None if rows is None else _rows(rows)
 
     @hookimpl
     def attnkit_sites(self) -> list[str]:
@@ -98,8 +118,17 @@ class HeadEdit:
             return None
         hs = self.heads[layer]
         _check_heads(layer, hs, tensor.shape[1])
-        z = tensor.clone()
-        idx = torch.tensor(hs, device=z.device)
+        idx = torch.tensor(hs, device=tensor.device)
+        if self.rows is None:
+            return self._edit(tensor.clone(), idx)
+        bad = [r for r in self.rows if r >= tensor.shape[0]]
+        if bad:
+            raise ValueError(f"HeadEdit rows {bad} do not exist in a batch of {tensor.shape[0]} sequences")
+        ridx = torch.tensor(self.rows, device=tensor.device)
+        return tensor.index_copy(0, ridx, self._edit(tensor.index_select(0, ridx), idx))
+
+    def _edit(self, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``z`` (a copy the edit may write) with the heads ``idx`` edited."""
         if self.mode == "zero":
             z[:, idx] = 0
         elif self.mode == "scale":
@@ -110,6 +139,38 @@ class HeadEdit:
             value = torch.as_tensor(self.value, dtype=z.dtype, device=z.device)
             z[:, idx] = value.expand_as(z[:, idx]) if value.dim() < 4 else value
         return z
+
+
+class ExplicitPath:
+    """Route attention through the explicit scores -> softmax -> ``A V`` path and change nothing.
+
+    The baseline of an intervention at ``hook_scores`` / ``hook_pattern``: an edited run takes
+    that path, the fused kernel of an unedited run rounds differently, so comparing the two
+    would show differences the edit did not cause. With this no-op in the baseline, positions
+    the edit cannot reach come out bit-identical.
+
+    :param layers: block indices, or ``None`` for every block.
+    """
+
+    name = "explicit_path"
+
+    def __init__(self, layers: Sequence[int] | None = None) -> None:
+        if layers is not None:
+            layers = list(layers)
+            for layer in layers:
+                if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+                    raise ValueError(f"layers must be non-negative block indices, got {layer!r}")
+        self.layers = layers
+
+    @hookimpl
+    def attnkit_sites(self) -> list[str]:
+        if self.layers is None:
+            return ["blocks.{l}.attn.hook_scores"]
+        return [f"blocks.{layer}.attn.hook_scores" for layer in self.layers]
+
+    @hookimpl
+    def attnkit_edit(self, site: str, layer: int | None, tensor: torch.Tensor, run: Any) -> torch.Tensor | None:
+        return None
 
 
 class ScoreEdit:

@@ -3,7 +3,7 @@ run are registered on.
 
 Site names follow TransformerLens: ``blocks.{l}.attn.hook_q`` / ``hook_k`` / ``hook_v`` /
 ``hook_scores`` / ``hook_pattern`` / ``hook_z``, ``blocks.{l}.hook_resid_pre`` /
-``hook_resid_post``, and ``logits``. A pattern may use ``{l}`` (every layer) or ``*``, and may
+``hook_attn_out`` / ``hook_mlp_out`` / ``hook_resid_post``, and ``logits``. A pattern may use ``{l}`` (every layer) or ``*``, and may
 end in ``@prefill`` or ``@decode`` to be active in one phase only (retrieval scoring needs
 the decode-step patterns, not the prompt's ``T x T`` ones).
 
@@ -26,7 +26,7 @@ from attnkit.hookspecs import RuntimeSpecs
 __all__ = ["ATTN_SITES", "BLOCK_SITES", "MODEL_SITES", "Run", "expand_sites", "site_name"]
 
 ATTN_SITES = ("hook_q", "hook_k", "hook_v", "hook_scores", "hook_pattern", "hook_z")
-BLOCK_SITES = ("hook_resid_pre", "hook_resid_post")
+BLOCK_SITES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 MODEL_SITES = ("logits",)
 PHASES = ("prefill", "decode")
 
