@@ -245,7 +245,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(name="run", default=False)
 def run_job(session: nox.Session) -> None:
-    """The main job: `attnkit run` on SmolLM2 (needle prompts, every cache policy, retrieval heads, report)."""
+    """The main job: `attnkit run` on SmolLM2 (needle prompts, the best cache policies at three budgets, retrieval heads, report)."""
     _install(session, f"{CORE}[smollm2,report]", *(_plugin_dir(s) for s in PLUGINS))
     _install_models(session)
     session.run("attnkit", "run", *session.posargs)

@@ -12,7 +12,21 @@ from dataclasses import dataclass
 import pytest
 
 from attnkit import AnalysisSpec, KVCacheSpec
-from attnkit.mainjob import JobContext, _analyses, _buildable, _cases, _policies, _run_analyses, main, word_recall
+from attnkit.mainjob import (
+    BEST_POLICIES,
+    DEFAULT_BUDGETS,
+    JobContext,
+    _analyses,
+    _budgets,
+    _buildable,
+    _cases,
+    _plot_budget_curve,
+    _policies,
+    _run_analyses,
+    build_parser,
+    main,
+    word_recall,
+)
 from attnkit.testing import SELF_ONLY, WordTokenizer, registered_specs
 
 
@@ -29,6 +43,8 @@ def test_word_recall_closed_forms() -> None:
         (["--cases", "0"], "--cases"),
         (["--budget", "0"], "--budget"),
         (["--budget", "nan"], "--budget"),
+        (["--budgets", "0.25,512"], "not both"),
+        (["--budgets", ","], "--budget"),
         (["--lengths", "abc"], "--lengths: expected a comma list of positive integers, got 'abc'"),
         (["--lengths", "512,-3"], "--lengths"),
         (["--length", "x"], "--length"),
@@ -100,6 +116,33 @@ def test_without_plugins_the_builtins_remain(plugin_env) -> None:  # type: ignor
             _analyses(_args(analyses="retrieval_score"))
 
 
+def test_budgets_parse_sorted_and_the_default_is_a_curve() -> None:
+    assert _budgets("0.5, 0.125,0.25,0.5") == [0.125, 0.25, 0.5]
+    assert _budgets("512,256") == [256, 512] and all(isinstance(b, int) for b in _budgets("512,256"))
+    args = build_parser().parse_args([])
+    assert args.budget == list(DEFAULT_BUDGETS) and len(DEFAULT_BUDGETS) >= 3
+    assert args.cache == "best"
+
+
+def test_best_policies_are_the_installed_ones_in_order(plugin_env) -> None:  # type: ignore[no-untyped-def]
+    with plugin_env(ATTNKIT_LOAD_PLUGINS="", ATTNKIT_DISABLE_PLUGINS=None):
+        best = _policies(_args(cache="best"))
+        everything = _policies(_args(cache="all"))
+    assert best == [n for n in BEST_POLICIES if n in everything]
+    assert "lazyeviction" not in best  # a plugin's policy: absent without the plugin
+    assert best and set(best) < set(everything)
+
+
+def test_budget_curve_has_one_line_per_policy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    rows = [{"policy": "full", "budget": None, "needle_accuracy": 1.0, "n": 4}]
+    for name, accs in (("snapkv", (0.25, 0.5, 1.0)), ("window", (0.0, 0.25, 0.5))):
+        rows += [{"policy": name, "budget": b, "needle_accuracy": a, "n": 4} for b, a in zip(DEFAULT_BUDGETS, accs)]
+    (path,) = _plot_budget_curve(rows, tmp_path)
+    assert path.name == "accuracy_vs_budget.png" and path.read_bytes()[:4] == b"\x89PNG"
+    assert _plot_budget_curve(rows[:2], tmp_path) == []  # one budget: no curve to draw
+
+
 @dataclass(frozen=True)
 class _NeedsHeads:
     heads: tuple[int, ...]  # required: only an analysis could provide it
@@ -155,7 +198,7 @@ def test_main_job_without_plugins_writes_report(tmp_path, plugin_env) -> None:  
     with plugin_env(ATTNKIT_LOAD_PLUGINS="", ATTNKIT_DISABLE_PLUGINS=None):
         code = main(
             [
-                "--cases", "1", "--length", "300", "--max-new-tokens", "24", "--cache", "all",
+                "--cases", "1", "--length", "300", "--max-new-tokens", "24", "--cache", "all", "--budget", "0.25",
                 "--analyses", "all", "--out", str(out), "--no-progress",
             ]
         )  # fmt: skip

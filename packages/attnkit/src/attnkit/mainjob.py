@@ -2,9 +2,10 @@
 
 Loads the embedded model, builds needle-in-a-haystack prompts (about 2k tokens by default),
 runs every installed analysis that has a main-job entry (retrieval heads ...), answers each
-prompt with the full KV cache and with every installed cache policy at a budget (25% by
-default), and writes ``report.html`` (tables and plots) and ``results.json`` into a folder,
-printing a summary table.
+prompt with the full KV cache and with the best cache policies (:data:`BEST_POLICIES`, those
+installed; ``--cache all`` for every installed one) at several budgets (12.5%, 25% and 50% of
+each prompt by default), and writes ``report.html`` (tables, an accuracy-vs-budget curve) and
+``results.json`` into a folder, printing a summary table.
 
 The core alone is enough: the prompts come from :mod:`attnkit.data.needles` and the built-in
 ``window`` / ``sink_window`` policies run; each installed plugin adds its policies and
@@ -27,7 +28,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AnalysisOutcome", "JobContext", "greedy", "greedy_lockstep", "main", "word_recall"]
+__all__ = [
+    "BEST_POLICIES",
+    "DEFAULT_BUDGETS",
+    "AnalysisOutcome",
+    "JobContext",
+    "greedy",
+    "greedy_lockstep",
+    "main",
+    "word_recall",
+]
+
+#: The policies ``attnkit run`` answers with by default (``--cache best``), in this order, when
+#: installed: the ones with the best needle accuracy at 25% and 50% budgets in
+#: ``attnkit eval cache`` (docs/benchmarks.md, "KV-cache compression"), and sink_window as the
+#: streaming baseline the others are read against.
+BEST_POLICIES = ("snapkv", "adakv", "lazyeviction", "sink_window")
+#: Budgets (ratios of each prompt) of the default accuracy-vs-budget curve.
+DEFAULT_BUDGETS = (0.125, 0.25, 0.5)
 
 
 @dataclass
@@ -209,7 +227,9 @@ def _policies(args: argparse.Namespace) -> list[str]:
     import attnkit
 
     installed = [s.name for s in attnkit.list_specs("cache") if s.name != "full"]
-    if args.cache in (None, "all"):
+    if args.cache in (None, "best"):
+        return [n for n in BEST_POLICIES if n in installed]
+    if args.cache == "all":
         return installed
     if args.cache == "none":
         return []
@@ -319,6 +339,18 @@ def _budget(text: str) -> float:
     return value
 
 
+def _budgets(text: str) -> list[float | int]:
+    """A comma list of budgets: ratios in (0, 1] or token counts (> 1), not a mix of both."""
+    values = [_budget(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma list of budgets, got {text!r}")
+    ratios = [v for v in values if v <= 1]
+    if ratios and len(ratios) != len(values):
+        raise argparse.ArgumentTypeError(f"give ratios of the prompt (<= 1) or token counts (> 1), not both: {text!r}")
+    out: list[float | int] = [v if v <= 1 else int(v) for v in values]
+    return sorted(dict.fromkeys(out))  # type: ignore[type-var]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="attnkit run", description=(__doc__ or "").split("\n\n")[1].replace("\n", " ").replace("``", "")
@@ -326,8 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2", help="embedded model (default smollm2)")
     p.add_argument("--attention", default="dense", help="attention spec every layer runs (default dense)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="attention spec parameter")
-    p.add_argument("--cache", default="all", help="cache policies: all (default), none, or a comma list")
-    p.add_argument("--budget", type=_budget, default=0.25, help="cache budget, ratio of the prompt or tokens if >= 1")
+    p.add_argument(
+        "--cache",
+        default="best",
+        help=f"cache policies: best (default: {', '.join(BEST_POLICIES)}, those installed), all (every "
+        "installed one), none, or a comma list",
+    )
+    p.add_argument(
+        "--budget",
+        "--budgets",
+        dest="budget",
+        type=_budgets,
+        default=list(DEFAULT_BUDGETS),
+        help="cache budgets, a comma list of ratios of each prompt (default "
+        f"{','.join(str(b) for b in DEFAULT_BUDGETS)}) or of token counts (> 1)",
+    )
     p.add_argument("--analyses", default="all", help="analyses: all (default), none, or a comma list")
     p.add_argument("--prompt-file", default=None, help="answer this prompt instead of generated needle cases")
     p.add_argument(
@@ -363,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cases, args.length, args.lengths = 2, 512, None
     if args.prompt_file and not Path(args.prompt_file).is_file():
         raise SystemExit(f"--prompt-file: no such file: {args.prompt_file}")
-    budget: float | int = args.budget if args.budget <= 1 else int(args.budget)
+    budgets: list[float | int] = list(args.budget)
 
     import torch
     from tqdm.auto import tqdm
@@ -430,15 +475,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 cache_params.setdefault(name, {}).update(extra)
 
-    policies = _buildable(policies, budget, cases, cache_params, skipped)
-    print(f"[4/4] answering {len(cases)} prompt(s) with the full cache and {len(policies)} policies ...", flush=True)
+    at_budget = {b: _buildable(policies, b, cases, cache_params, skipped) for b in budgets}
+    n_configs = sum(len(v) for v in at_budget.values())
+    print(
+        f"[4/4] answering {len(cases)} prompt(s) with the full cache and {n_configs} policy x budget runs ...",
+        flush=True,
+    )
     from transformers import DynamicCache
 
     from attnkit.cache import AttnkitCache, build_policy
     from attnkit.cache.bench import kv_nbytes
 
     stop = _stop_ids(model, tok)
-    configs: list[tuple[str, Any]] = [("full", None), *((p, budget) for p in policies)]
+    configs: list[tuple[str, Any]] = [("full", None), *((p, b) for b in budgets for p in at_budget[b])]
     rows: list[dict[str, Any]] = []
     answers: dict[str, list[str]] = {}
     bar = tqdm(total=len(configs) * len(cases), desc="answering", unit="prompt", disable=not progress)
@@ -447,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         greedy(model, cases[0].tensor()[:, :64], DynamicCache(config=model.config), 2, set())
         # Per prompt, the full cache and every policy answer in lockstep (one forward of each in
         # turn), so load drift on a shared machine hits them alike.
-        runs: dict[str, list[tuple[Any, ...]]] = {name: [] for name, _ in configs}
+        runs: dict[str, list[tuple[Any, ...]]] = {_label(name, b): [] for name, b in configs}
         for i, case in enumerate(cases):
             caches: dict[str, Any] = {}
             for name, b in configs:
@@ -455,18 +504,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     caches[name] = DynamicCache(config=model.config)
                 else:
                     policy = build_policy(name, **_policy_kwargs(name, b, case, cache_params))
-                    caches[name] = AttnkitCache(policy, config=model.config)
+                    caches[_label(name, b)] = AttnkitCache(policy, config=model.config)
             answered = greedy_lockstep(model, case.tensor(), caches, args.max_new_tokens, stop, rotate=i)
-            for name, _ in configs:
-                r = answered[name]
+            for name, b in configs:
+                key = _label(name, b)
+                r = answered[key]
                 text = tok.decode(r["ids"], skip_special_tokens=True).strip()
                 recall = word_recall(case.answer, text) if case.answer else float("nan")
-                runs[name].append((r, text, recall, kv_nbytes(caches[name]), len(case.input_ids)))
+                runs[key].append((r, text, recall, kv_nbytes(caches[key]), len(case.input_ids)))
                 bar.update(1)
             del caches
         for name, b in configs:
-            per_case = runs[name]
-            answers[name] = [t for _, t, _, _, _ in per_case]
+            per_case = runs[_label(name, b)]
+            answers[_label(name, b)] = [t for _, t, _, _, _ in per_case]
             scored = [rc for _, _, rc, _, _ in per_case if rc == rc]
             decode_s = sum(r["decode_s"] for r, *_ in per_case)
             steps = sum(r["decode_steps"] for r, *_ in per_case)
@@ -528,8 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paragraphs=[
             f"Model {args.model}; attention spec {spec.name} {params or ''}; {len(cases)} prompt(s): {source}; "
             f"prompt lengths {min(len(c.input_ids) for c in cases)}-{max(len(c.input_ids) for c in cases)} tokens; "
-            f"greedy, up to {args.max_new_tokens} new tokens; cache budget {budget} "
-            f"({'ratio of each prompt' if isinstance(budget, float) else 'tokens'}); "
+            f"greedy, up to {args.max_new_tokens} new tokens; cache budgets {', '.join(str(b) for b in budgets)} "
+            f"({'ratios of each prompt' if isinstance(budgets[0], float) else 'tokens'}); "
             f"{torch.get_num_threads()} threads; total {elapsed:.0f} s.",
         ],
     )
@@ -561,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         for r in rows
     ]
-    figs = _plot_policies(rows, out_dir)
+    figs = [*_plot_budget_curve(rows, out_dir), *_plot_policies(rows, out_dir)]
     report.add(
         Section(
             "KV-cache policies",
@@ -612,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": args.model,
             "attention": spec.name,
             "attention_params": params,
-            "budget": budget,
+            "budgets": budgets,
             "cases": [
                 {"length": len(c.input_ids), "depth": getattr(c, "depth", None), "answer": c.answer} for c in cases
             ],
@@ -682,6 +732,43 @@ def _ratio(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _label(name: str, budget: float | int | None) -> str:
+    """``snapkv@0.25``; the full cache is just ``full``."""
+    return name if budget is None else f"{name}@{budget}"
+
+
+def _plot_budget_curve(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Needle accuracy against the budget, one line per policy, the full cache dashed."""
+    from attnkit.figures import figure, pyplot
+
+    try:
+        pyplot()
+    except ImportError:
+        return []
+    budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
+    if len(budgets) < 2:
+        return []
+    path = out_dir / "accuracy_vs_budget.png"
+    with figure(path, figsize=(6.4, 4.0), dpi=110) as (_fig, ax):
+        for name in dict.fromkeys(r["policy"] for r in rows if r["budget"] is not None):
+            pts = sorted((r["budget"], r["needle_accuracy"]) for r in rows if r["policy"] == name and r["budget"])
+            pts = [(b, a) for b, a in pts if a is not None]
+            if pts:
+                ax.plot([b for b, _ in pts], [a for _, a in pts], marker="o", label=name)
+        full = [r["needle_accuracy"] for r in rows if r["budget"] is None and r["needle_accuracy"] is not None]
+        if full:
+            ax.axhline(full[0], color="k", linestyle="--", linewidth=1, label="full cache")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("budget (ratio of each prompt)" if isinstance(budgets[0], float) else "budget (tokens)")
+        ns = sorted({r["n"] for r in rows})
+        ax.set_ylabel("needle accuracy" + (f" (n={ns[0]} prompts)" if len(ns) == 1 else ""))
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title("needle accuracy vs KV budget", fontsize=10)
+        ax.legend(fontsize=7)
+    return [path]
+
+
 def _plot_policies(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     from attnkit.figures import figure, pyplot
 
@@ -689,7 +776,7 @@ def _plot_policies(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         pyplot()
     except ImportError:
         return []
-    names = [r["policy"] for r in rows]
+    names = [_label(r["policy"], r["budget"]) for r in rows]
     path = out_dir / "policies.png"
     with figure(path, ncols=3, figsize=(13, 3.6), dpi=110) as (_fig, axes):
         series = (
