@@ -51,10 +51,6 @@ CORE_CONTEXT = AttentionSpec(
     contract_params="attnkit_core_context.params:contract_params",
     bench="attnkit_core_context.bench:run",
     model_prefill="attnkit_core_context.prefill_params:for_model",
-    expected_failed_checks={
-        "check_onnx_export": "the traced graph fixes the token axis (onnxruntime refuses other lengths): "
-        "the group reshape m = L // g specialises the length; not yet fixed",
-    },
 )
 
 

@@ -36,13 +36,17 @@ def core_tokens(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
     d, dv = call.head_dim, call.value_dim
     m = n // g
     wd = work_dtype(call.dtype)
-    kg = call.k[:, :, : m * g].to(wd).reshape(b, hkv, 1, m, g, d)
-    vg = call.v[:, :, : m * g].to(wd).reshape(b, hkv, 1, m, g, dv)
+    # index_select, not a slice: a slice [: m * g] is contiguous only when g divides L, and
+    # torch.export would fix that branch (the graph then refuses lengths g does not divide)
+    grouped = torch.arange(m * g, device=call.device)
+    kg = call.k.index_select(2, grouped).to(wd).reshape(b, hkv, 1, m, g, d)
+    vg = call.v.index_select(2, grouped).to(wd).reshape(b, hkv, 1, m, g, dv)
     if pool == "mean":
         kc = kg.mean(dim=-2).expand(b, hkv, grp, m, d)
         vc = vg.mean(dim=-2).expand(b, hkv, grp, m, dv)
     else:
-        q_last = call.grouped_q()[:, :, :, : m * g].to(wd).reshape(b, hkv, grp, m, g, d)[..., g - 1 : g, :]
+        last = torch.arange(m, device=call.device) * g + (g - 1)  # each group's last token
+        q_last = call.grouped_q().index_select(3, last).to(wd).unsqueeze(-2)  # (B, Hkv, G, m, 1, D)
         scale = torch.tensor(call.scale, dtype=wd, device=call.device)
         logits = torch.matmul(q_last * scale, kg.transpose(-1, -2))  # (B, Hkv, G, m, 1, g)
         w = torch.softmax(logits, dim=-1)
