@@ -129,7 +129,6 @@ def test_best_policies_are_the_installed_ones_in_order(plugin_env) -> None:  # t
         best = _policies(_args(cache="best"))
         everything = _policies(_args(cache="all"))
     assert best == [n for n in BEST_POLICIES if n in everything]
-    assert "lazyeviction" not in best  # a plugin's policy: absent without the plugin
     assert best and set(best) < set(everything)
 
 

@@ -40,10 +40,10 @@ __all__ = [
 ]
 
 #: The policies ``attnkit run`` answers with by default (``--cache best``), in this order, when
-#: installed: the ones with the best needle accuracy at 25% and 50% budgets in
-#: ``attnkit eval cache`` (docs/benchmarks.md, "KV-cache compression"), and sink_window as the
-#: streaming baseline the others are read against.
-BEST_POLICIES = ("snapkv", "adakv", "lazyeviction", "sink_window")
+#: installed: the two with the best needle accuracy at 25% and 50% budgets in
+#: ``attnkit eval cache`` (question-aware, SmolLM2, docs/benchmarks.md "KV-cache compression"),
+#: and sink_window as the streaming baseline the others are read against.
+BEST_POLICIES = ("snapkv", "adakv", "sink_window")
 #: Budgets (ratios of each prompt) of the default accuracy-vs-budget curve.
 DEFAULT_BUDGETS = (0.125, 0.25, 0.5)
 
