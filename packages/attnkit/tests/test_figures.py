@@ -78,3 +78,11 @@ def test_importing_the_module_does_not_import_matplotlib() -> None:
     code = "import sys, attnkit.figures; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_available_says_whether_matplotlib_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnkit.figures as figures
+
+    assert figures.available()
+    monkeypatch.setattr(figures.importlib.util, "find_spec", lambda name: None)
+    assert not figures.available()

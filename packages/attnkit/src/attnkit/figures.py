@@ -17,6 +17,7 @@ matplotlib is imported when a figure is drawn, never when this module is importe
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,11 +26,16 @@ from typing import Any
 
 from attnkit.paramcheck import check_int
 
-__all__ = ["figure", "pyplot"]
+__all__ = ["available", "figure", "pyplot"]
 
 #: ``layout=`` values other than a margins mapping.
 LAYOUTS = ("tight", "constrained", "none")
 _MARGINS = frozenset({"left", "right", "bottom", "top", "wspace", "hspace"})
+
+
+def available() -> bool:
+    """Whether matplotlib is installed (reports leave their figures out when it is not)."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def pyplot() -> Any:

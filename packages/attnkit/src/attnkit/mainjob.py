@@ -739,11 +739,9 @@ def _label(name: str, budget: float | int | None) -> str:
 
 def _plot_budget_curve(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Needle accuracy against the budget, one line per policy, the full cache dashed."""
-    from attnkit.figures import figure, pyplot
+    from attnkit.figures import available, figure
 
-    try:
-        pyplot()
-    except ImportError:
+    if not available():
         return []
     budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
     if len(budgets) < 2:
@@ -770,11 +768,9 @@ def _plot_budget_curve(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 def _plot_policies(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    from attnkit.figures import figure, pyplot
+    from attnkit.figures import available, figure
 
-    try:
-        pyplot()
-    except ImportError:
+    if not available():
         return []
     names = [_label(r["policy"], r["budget"]) for r in rows]
     path = out_dir / "policies.png"

@@ -205,11 +205,9 @@ def run_prefill_table(
 
 
 def _plot(rows: list[dict[str, Any]], out_dir: Path, limit: int) -> list[Path]:
-    from attnkit.figures import figure, pyplot
+    from attnkit.figures import available, figure
 
-    try:
-        pyplot()
-    except ImportError:
+    if not available():
         return []
     if not rows:
         return []

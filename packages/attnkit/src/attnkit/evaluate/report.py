@@ -119,11 +119,9 @@ def _full_level(rows: Sequence[dict[str, Any]], task: str, metric: str, setting:
 
 
 def _plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    from attnkit.figures import figure, pyplot
+    from attnkit.figures import available, figure
 
-    try:
-        pyplot()
-    except ImportError:
+    if not available():
         return []
     panels: list[tuple[str, str, str | None, str]] = []
     for name in ("question-aware", "question-agnostic"):

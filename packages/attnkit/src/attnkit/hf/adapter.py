@@ -396,34 +396,33 @@ class Session:
         if fused is not None:
             z = fused
         elif explicit and run.edits_any(("hook_scores", "hook_pattern"), layer):
-            z = self._explicit(layer, q, k, v, mask, is_causal, scaling, run)
-            assert z is not None  # output=True
+            pattern = self._pattern(layer, q, k, mask, is_causal, scaling, run)
+            b, hq, tq, tk = pattern.shape
+            hkv = k.shape[1]
+            z = torch.matmul(pattern.reshape(b, hkv, hq // hkv, tq, tk), v.unsqueeze(2)).reshape(b, hq, tq, -1)
         else:
             extra: dict[str, Any] = {"mask": mask} if mask is not None else {}
             z = self.spec(
                 q, k, v, backend=self.backend, is_causal=is_causal, scale=scaling, params=self.params, **extra
             )
             if explicit:  # capture only: the kernel's output stands, the pattern is recomputed
-                self._explicit(layer, q, k, v, mask, is_causal, scaling, run, output=False)
+                self._pattern(layer, q, k, mask, is_causal, scaling, run)
         z = run.visit("hook_z", layer, z)
         return z.transpose(1, 2).contiguous()
 
-    def _explicit(
+    def _pattern(
         self,
         layer: int,
         q: torch.Tensor,
         k: torch.Tensor,
-        v: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
         scaling: float | None,
         run: Run,
-        *,
-        output: bool = True,
-    ) -> torch.Tensor | None:
-        """Scores, pattern and output computed step by step so analyses can see and edit them.
-        Follows the spec's own mask definition, so the pattern is the kernel's pattern.
-        ``output=False`` (capture only, the kernel's output stands): stop after the pattern."""
+    ) -> torch.Tensor:
+        """``(B, Hq, Tq, Tk)`` pattern, scores and softmax computed step by step (sites
+        ``hook_scores`` then ``hook_pattern``) so analyses can see and edit them. Follows the
+        spec's own mask definition, so the pattern is the kernel's pattern."""
         from attnkit.reference.dense import causal_mask
         from attnkit.registry import resolve
 
@@ -456,11 +455,7 @@ class Session:
         scores = run.visit("hook_scores", layer, scores)
         work = torch.promote_types(scores.dtype, torch.float32)  # float32 at least, float64 stays
         pattern = torch.softmax(scores.to(work), dim=-1).nan_to_num_(0.0).to(q.dtype)  # empty rows -> 0
-        pattern = run.visit("hook_pattern", layer, pattern)
-        if not output:
-            return None
-        out = torch.matmul(pattern.reshape(b, hkv, g, tq, tk), v.unsqueeze(2))
-        return out.reshape(b, hq, tq, v.shape[-1])
+        return run.visit("hook_pattern", layer, pattern)
 
     def _cache_for(self, key: torch.Tensor) -> Any:
         """The attnkit cache whose last ``update`` returned ``key`` (transformers does not pass
