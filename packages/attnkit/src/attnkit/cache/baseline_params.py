@@ -63,8 +63,11 @@ class SnapKVParams:
         of the prompt length. It includes the window (SnapKV's ``max_capacity_prompt``).
     :param window: observation window (queries scored with) and recent tokens always kept, int
         >= 1 (32 in SnapKV); the kept window is ``min(window, budget)``.
-    :param kernel_size: pooling kernel along the key axis, an odd int >= 1 (7 in SnapKV's
-        LongBench configurations; 1 disables pooling).
+    :param kernel_size: pooling kernel along the key axis, an odd int >= 1; 1 disables pooling.
+        15 by default, where SnapKV's LongBench configurations use 7 and kvpress 5: on SmolLM2's
+        needles (about 15 tokens of answer) a kernel of 7 keeps the first half of the needle and
+        the answers stop there (0.50 at 12.5% and 25% of 1024 tokens, n = 8), a kernel of 15 or 21
+        keeps all of it (1.00); see docs/benchmarks.md.
     :param pooling: ``"max"`` (SnapKV's LongBench setting) or ``"avg"`` (its default, kvpress's).
     :param aggregation: ``"mean"`` (kvpress) or ``"max"`` over the query heads of a KV head.
     :param allocation: ``"uniform"`` (``budget`` per KV head) or ``"adaptive"`` (AdaKV: the
@@ -75,7 +78,7 @@ class SnapKVParams:
 
     budget: int | float = 0.25
     window: int = 32
-    kernel_size: int = 7
+    kernel_size: int = 15
     pooling: str = "max"
     aggregation: str = "mean"
     allocation: str = "uniform"

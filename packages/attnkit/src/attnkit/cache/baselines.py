@@ -24,7 +24,9 @@ key's score stays its SnapKV score, where a token generated later gets, in the s
 attention of the ``window`` queries from its own position on (while it is inside the window);
 scores are then frozen and the lowest-scored key outside the window goes. So every key is
 judged by the ``window`` queries an observation window gives it, prompt keys by the prompt's.
-Departures from kvpress's ``SnapKVPress``: max pooling by default (kvpress averages); the
+Departures from kvpress's ``SnapKVPress``: max pooling over 15 keys by default (kvpress
+averages over 5, SnapKV's LongBench runs max-pool over 7; 15 keeps whole needles on SmolLM2,
+:class:`~attnkit.cache.baseline_params.SnapKVParams`); the
 window is kept by forcing it, not by padding its score with the layer's maximum (which reads
 scores across the batch); a prompt shorter than the window is scored with all its queries
 instead of failing an assertion; ``budget <= window`` keeps the ``budget`` newest tokens (a
@@ -347,7 +349,7 @@ class SnapKVPolicy(_Windowed):
         self,
         budget: int | float = 0.25,
         window: int = 32,
-        kernel_size: int = 7,
+        kernel_size: int = 15,
         pooling: str = "max",
         aggregation: str = "mean",
         allocation: str = "uniform",
