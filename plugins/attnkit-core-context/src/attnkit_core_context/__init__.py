@@ -38,6 +38,8 @@ CORE_CONTEXT = AttentionSpec(
         "and values over the tile's core tokens and local band, softmax per row); backward recomputes the reference",
         triton="core tokens pooled in torch, then a Triton forward over each query block's core tokens "
         "and local window (CUDA; CPU under TRITON_INTERPRET=1); backward recomputes the reference",
+        flex="core tokens pooled in torch, then torch.compile(flex_attention) over [core tokens ; tokens] "
+        "with the fused visibility rule as a mask_mod (inference on CPU)",
         reference={
             "traceable": True,
             "description": "plain torch: one softmax over [core tokens ; tokens] under the fused mask, "

@@ -44,7 +44,7 @@ BENCH = _CoreContextBench(
         for g, s in ((16, 256), (16, 1024))
     ],
     quick=[Shape("T=64 g=4 s=8", (64,), {"group_size": 4, "window": 8}, is_causal=True, heads=2, head_dim=16)],
-    backends=("numba",),
+    backends=("numba", "flex"),
     notes={"sdpa": "dense SDPA under the full causal (N, N) mask: the attention CCA replaces"},
 )
 run = BENCH.run
