@@ -165,6 +165,23 @@ def test_flex_sweep(n, g, s):
 
 
 @pytest.mark.slow
+def test_flex_rule_builds_under_the_compiled_block_mask_builder():
+    # long sequences build their BlockMask with torch.compile(create_block_mask), which once
+    # failed on this mask_mod at T=16384; the block mask must equal the fused mask's blocks
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from attnkit_core_context.flex import mask_mod
+
+    n, g, s = 512, 16, 128
+    fn = mask_mod(n // g, g, s)
+    compiled = torch.compile(create_block_mask)(fn, None, None, n, n + n // g, device="cpu")
+    dense = fused_mask(n, g, s)
+    blocks = compiled.to_dense()[0, 0].bool()  # (N / 128, M / 128) tiles holding a visible pair
+    want = torch.nn.functional.pad(dense, (0, -(n + n // g) % 128)).reshape(n // 128, 128, -1, 128).any(3).any(1)
+    assert torch.equal(blocks, want)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("n", "g", "s"), [(70, 4, 9), (50, 16, 0), (33, 1, 3), (64, 5, 40)])
 def test_triton_sweep(n, g, s):
     q, k, v = _qkv(n=n, dtype=torch.float32)
