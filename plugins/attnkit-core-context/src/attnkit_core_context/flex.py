@@ -22,7 +22,7 @@ import torch
 
 from attnkit.kernels import KernelCall, kernel
 from attnkit.kernels.flex import MaskRule, backend
-from attnkit_core_context.pooling import core_tokens
+from attnkit_core_context.pooling import core_tokens, per_query_head
 
 __all__ = ["core_context_attention", "mask_mod", "mask_rule"]
 
@@ -65,9 +65,7 @@ def core_context_call(call: KernelCall) -> torch.Tensor:
         kc, vc = kc[:, :: call.group], vc[:, :: call.group]
         k, v = call.k, call.v
     elif call.group > 1:
-        b, hkv, g, n = call.batch, call.kv_heads, call.group, call.q_len
-        k = call.k[:, :, None].expand(b, hkv, g, n, call.head_dim).reshape(b, hkv * g, n, call.head_dim)
-        v = call.v[:, :, None].expand(b, hkv, g, n, call.value_dim).reshape(b, hkv * g, n, call.value_dim)
+        k, v = per_query_head(call.k, call.group), per_query_head(call.v, call.group)
     else:
         k, v = call.k, call.v
     keys = torch.cat([kc.to(dtype), k], dim=2)

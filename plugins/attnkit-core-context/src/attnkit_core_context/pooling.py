@@ -25,7 +25,7 @@ import torch
 from attnkit.kernels import KernelCall
 from attnkit.reference.dense import work_dtype
 
-__all__ = ["core_tokens", "fused_mask"]
+__all__ = ["core_tokens", "fused_mask", "per_query_head"]
 
 
 def core_tokens(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +53,14 @@ def core_tokens(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
         kc = torch.matmul(w, kg).squeeze(-2)  # (B, Hkv, G, m, D)
         vc = torch.matmul(w, vg).squeeze(-2)
     return kc.reshape(b, hkv * grp, m, d), vc.reshape(b, hkv * grp, m, dv)
+
+
+def per_query_head(t: torch.Tensor, group: int) -> torch.Tensor:
+    """``(B, Hkv, L, D)`` -> ``(B, Hkv * group, L, D)``: each KV head's tokens repeated for the
+    query heads of its group (importance-pooled core tokens differ per query head, so the raw
+    keys they are concatenated with must be per query head too)."""
+    b, hkv, n, d = t.shape
+    return t[:, :, None].expand(b, hkv, group, n, d).reshape(b, hkv * group, n, d)
 
 
 def fused_mask(n: int, group_size: int, window: int, device: torch.device | None = None) -> torch.Tensor:

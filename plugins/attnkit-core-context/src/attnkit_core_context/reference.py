@@ -17,7 +17,7 @@ import torch
 
 from attnkit.kernels import KernelCall, kernel
 from attnkit.reference.dense import attention, work_dtype
-from attnkit_core_context.pooling import core_tokens, fused_mask
+from attnkit_core_context.pooling import core_tokens, fused_mask, per_query_head
 
 __all__ = ["core_context_attention", "core_context_call"]
 
@@ -26,11 +26,11 @@ def core_context_call(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
     """``out (B, Hq, L, Dv)`` and ``lse (B, Hq, L)`` in the working dtype (float32, or float64
     for float64 inputs)."""
     kc, vc = core_tokens(call)
-    b, hkv, g, n = call.batch, call.kv_heads, call.group, call.q_len
+    n = call.q_len
     wd = work_dtype(call.dtype)
     # The raw keys per query head (the reference may copy; the kernels do not).
-    k = call.k.to(wd)[:, :, None].expand(b, hkv, g, n, call.head_dim).reshape(b, hkv * g, n, call.head_dim)
-    v = call.v.to(wd)[:, :, None].expand(b, hkv, g, n, call.value_dim).reshape(b, hkv * g, n, call.value_dim)
+    k = per_query_head(call.k.to(wd), call.group)
+    v = per_query_head(call.v.to(wd), call.group)
     keys = torch.cat([kc, k], dim=2)
     values = torch.cat([vc, v], dim=2)
     mask = fused_mask(n, call.params.group_size, call.params.window, device=call.device)
