@@ -22,7 +22,7 @@ import torch
 
 from attnkit.kernels import KernelCall, kernel
 from attnkit.kernels.flex import MaskRule, backend
-from attnkit_core_context.pooling import core_tokens, per_query_head
+from attnkit_core_context.pooling import core_tokens, per_query_head, visible
 
 __all__ = ["core_context_attention", "mask_mod", "mask_rule"]
 
@@ -33,15 +33,7 @@ def mask_mod(m: int, group_size: int, window: int, device: torch.device | str = 
     the query's window group up to the query (:func:`~attnkit_core_context.pooling.fused_mask`)."""
 
     def cca(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        # where and a remainder, not clamp and floor division: the compiled create_block_mask
-        # (long sequences, attnkit.kernels.flex) fails on the latter in torch 2.13 (inductor:
-        # "vr must not be None for symbol q0")
-        shifted = q_idx + 1 - window
-        rs = torch.where(shifted > 0, shifted, 0)
-        core = (kv_idx < m) & ((kv_idx + 1) * group_size <= rs)
-        j = kv_idx - m
-        raw = (kv_idx >= m) & (j >= rs - rs % group_size) & (j <= q_idx)
-        return core | raw
+        return visible(q_idx, kv_idx, m, group_size, window)
 
     return cca
 

@@ -20,12 +20,14 @@ ONNX export. Shape legend: ``q (B, Hq, L, D)``, ``k/v (B, Hkv, L, D|Dv)``, ``m =
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from attnkit.kernels import KernelCall
 from attnkit.reference.dense import work_dtype
 
-__all__ = ["core_tokens", "fused_mask", "per_query_head"]
+__all__ = ["core_tokens", "fused_mask", "per_query_head", "visible"]
 
 
 def core_tokens(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,14 +65,24 @@ def per_query_head(t: torch.Tensor, group: int) -> torch.Tensor:
     return t[:, :, None].expand(b, hkv, group, n, d).reshape(b, hkv * group, n, d)
 
 
+def visible(q_idx: torch.Tensor, kv_idx: torch.Tensor, m: Any, group_size: int, window: int) -> torch.Tensor:
+    """Whether query ``q_idx`` sees position ``kv_idx`` of ``[core tokens (m) ; raw tokens]``
+    (broadcasting int tensors): core token ``i`` once its group and ``window`` more tokens have
+    passed, raw tokens from the start of the query's window group up to the query. The one
+    statement of the rule: :func:`fused_mask` and the flex backend's ``mask_mod`` both call it."""
+    # where and a remainder, not clamp and floor division: the compiled create_block_mask
+    # (long sequences, attnkit.kernels.flex) fails on the latter in torch 2.13 (inductor:
+    # "vr must not be None for symbol q0")
+    shifted = q_idx + 1 - window
+    rs = torch.where(shifted > 0, shifted, 0)
+    core = (kv_idx < m) & ((kv_idx + 1) * group_size <= rs)
+    j = kv_idx - m
+    raw = (kv_idx >= m) & (j >= rs - rs % group_size) & (j <= q_idx)
+    return core | raw
+
+
 def fused_mask(n: int, group_size: int, window: int, device: torch.device | None = None) -> torch.Tensor:
     """``(L, m + L)`` bool: which of ``[core tokens (m) ; raw tokens (L)]`` query ``t`` sees."""
     m = n // group_size
     t = torch.arange(n, device=device)[:, None]
-    rs = torch.clamp(t + 1 - window, min=0)
-    first_raw = (rs // group_size) * group_size
-    i = torch.arange(m, device=device)[None, :]
-    j = torch.arange(n, device=device)[None, :]
-    core = (i + 1) * group_size <= rs
-    raw = (j >= first_raw) & (j <= t)
-    return torch.cat([core, raw], dim=1)
+    return visible(t, torch.arange(m + n, device=device)[None, :], m, group_size, window)
